@@ -1,0 +1,109 @@
+"""paastis: a reverse proxy that puts idle PaaS apps to sleep and wakes them on the first request."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from flask import Flask
+
+from . import logs
+from .config import ConfigError, Settings
+from .directory import Directory
+from .events import EventStore, InMemoryEventStore
+from .hooks import HookRunner
+from .lifecycle import Lifecycle
+from .metrics import Metrics
+from .providers import Provider, build_provider
+from .proxy import Proxy
+from .proxy import bp as proxy_blueprint
+from .registry import InMemoryRegistry, Registry
+from .rules import Rules, load_config_file
+from .supervisor import SoleLeader, Supervisor
+
+__all__ = ["ConfigError", "Paastis", "Settings", "create_app"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Paastis:
+    """The object graph of one paastis instance, kept in ``app.extensions["paastis"]``."""
+
+    settings: Settings
+    metrics: Metrics
+    rules: Rules
+    provider: Provider
+    registry: Registry
+    events: EventStore
+    directory: Directory
+    lifecycle: Lifecycle
+    supervisor: Supervisor
+    proxy: Proxy
+
+    def close(self) -> None:
+        """Stop the supervisor and release sessions; tests build and close many instances."""
+        self.supervisor.stop()
+        self.proxy.close()
+        self.lifecycle.close()
+        self.provider.close()
+        self.registry.close()
+
+
+def create_app(settings: Settings | None = None, *, start_supervisor: bool = False) -> Flask:
+    """Wire one paastis instance.
+
+    The supervisor thread is not started here: gunicorn starts it in each worker after
+    fork (see ``gunicorn.conf.py``), and tests start it only when they need it.
+    """
+    settings = settings or Settings.from_env()
+    logs.configure(settings.log_level, settings.log_format)
+    config = load_config_file(settings.config_file)
+    metrics = Metrics()
+    rules = Rules(settings, config.get("rules"))
+    provider = build_provider(settings, config, metrics)
+    registry = build_registry(settings)
+    events = build_event_store(settings)
+    directory = Directory(provider, rules, settings.directory_ttl)
+    hooks = HookRunner(
+        provider=provider.name,
+        region=settings.env.get("PROVIDER_REGION"),
+        timeout=settings.hooks_timeout,
+        strict=settings.hooks_strict,
+        on_result=metrics.hook_result,
+    )
+    lifecycle = Lifecycle(
+        provider,
+        registry,
+        directory,
+        rules,
+        events,
+        hooks,
+        metrics,
+        operation_timeout=settings.provider_operation_timeout(provider.name),
+    )
+    supervisor = Supervisor(lifecycle, settings.checking_interval, SoleLeader(), metrics)
+    proxy = Proxy(lifecycle, metrics, lambda key: rules.policy(key).wake_strategy)
+
+    app = Flask(__name__)
+    app.extensions["paastis"] = Paastis(
+        settings, metrics, rules, provider, registry, events, directory, lifecycle, supervisor, proxy
+    )
+    app.register_blueprint(proxy_blueprint)
+    if start_supervisor:
+        supervisor.start()
+    log.info(
+        "paastis ready: provider=%s registry=%s wake_strategy=%s",
+        provider.name,
+        settings.registry_type,
+        settings.wake_strategy,
+    )
+    return app
+
+
+def build_registry(settings: Settings) -> Registry:
+    return InMemoryRegistry()
+
+
+def build_event_store(settings: Settings) -> EventStore:
+    return InMemoryEventStore(settings.events_max)

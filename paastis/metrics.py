@@ -1,0 +1,41 @@
+"""Prometheus metrics, one collector registry per app instance (no global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.proxied_requests = Counter(
+            "paastis_proxied_requests", "Requests answered for apps, by app and status", ["app", "status"], registry=r
+        )
+        self.wakes = Counter("paastis_wakes", "App starts, by app and outcome", ["app", "outcome"], registry=r)
+        self.wake_duration = Histogram(
+            "paastis_wake_duration_seconds",
+            "Time from start request to app ready",
+            ["app"],
+            buckets=(0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120),
+            registry=r,
+        )
+        self.idle_stops = Counter("paastis_idle_stops", "Apps stopped for idleness", ["app"], registry=r)
+        self.provider_calls = Counter(
+            "paastis_provider_api_calls",
+            "Provider API calls, by provider, operation and outcome",
+            ["provider", "operation", "outcome"],
+            registry=r,
+        )
+        self.hook_runs = Counter("paastis_hook_runs", "Hook runs, by hook and outcome", ["hook", "outcome"], registry=r)
+        self.registry_size = Gauge("paastis_registry_size", "Apps in the registry", registry=r)
+        self.leader = Gauge("paastis_leader", "1 while this worker holds the supervisor lock", registry=r)
+
+    def provider_call(self, provider: str, operation: str, outcome: str) -> None:
+        self.provider_calls.labels(provider, operation, outcome).inc()
+
+    def hook_result(self, hook: str, ok: bool) -> None:
+        self.hook_runs.labels(hook, "success" if ok else "failure").inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

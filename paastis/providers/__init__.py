@@ -1,0 +1,48 @@
+"""Providers: where apps live and how to start and stop them."""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from ..config import Settings
+from ..metrics import Metrics
+from .base import (
+    FAILED,
+    RUNNING,
+    STARTING,
+    STOPPED,
+    UNKNOWN,
+    AppInfo,
+    AppNotFound,
+    Provider,
+    ProviderAuthError,
+    ProviderError,
+)
+
+__all__ = [
+    "FAILED",
+    "RUNNING",
+    "STARTING",
+    "STOPPED",
+    "UNKNOWN",
+    "AppInfo",
+    "AppNotFound",
+    "Provider",
+    "ProviderAuthError",
+    "ProviderError",
+    "build_provider",
+]
+
+MODULES = {
+    "local": "local:LocalProvider",
+    "scalingo": "scalingo:ScalingoProvider",
+    "heroku": "heroku:HerokuProvider",
+    "clever-cloud": "clever_cloud:CleverCloudProvider",
+}
+
+
+def build_provider(settings: Settings, config: dict, metrics: Metrics) -> Provider:
+    """Instantiate the provider named by ``PROVIDER_NAME``; its constructor validates its settings."""
+    module_name, class_name = MODULES[settings.provider_name].split(":")
+    module = import_module(f"{__name__}.{module_name}")
+    return getattr(module, class_name).from_settings(settings, config, metrics)

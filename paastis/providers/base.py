@@ -1,0 +1,79 @@
+"""The one small interface every provider implements, and the errors it may raise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+RUNNING = "running"
+STOPPED = "stopped"
+STARTING = "starting"
+FAILED = "failed"
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class AppInfo:
+    """One app as the provider lists it.
+
+    ``key`` is what clients put in front of the proxy's domain (the first Host label);
+    ``name`` is the provider's own identifier for API calls. They differ for Clever
+    Cloud (``app-<uuid>`` vs ``app_<uuid>``) and when a rule maps a key to an app.
+    ``status`` is filled when the listing already tells it (saves one call per app).
+    """
+
+    key: str
+    name: str
+    upstream_url: str | None = None
+    status: str | None = None
+    region: str | None = None
+
+
+class ProviderError(Exception):
+    """A provider call failed; ``status`` is the HTTP status the proxy should answer."""
+
+    status = 502
+
+    def __init__(self, provider: str, app: str | None, message: str):
+        self.provider = provider
+        self.app = app
+        self.message = message
+        where = f" for app {app!r}" if app else ""
+        super().__init__(f"{provider}: {message}{where}")
+
+
+class AppNotFound(ProviderError):
+    """The provider does not know this app (any more)."""
+
+    status = 404
+
+
+class ProviderAuthError(ProviderError):
+    """Credentials were refused: retrying will not help, the operator must act."""
+
+
+class Provider(Protocol):
+    """What paastis needs from a platform; everything else is the lifecycle's business."""
+
+    name: str
+
+    def list_apps(self) -> list[AppInfo]:
+        """Every app of the account, in one call or one paged sequence."""
+
+    def status(self, app: AppInfo) -> str:
+        """One of RUNNING, STOPPED, STARTING, FAILED, UNKNOWN."""
+
+    def start(self, app: AppInfo, memo: dict | None) -> None:
+        """Ask the platform to start ``app``; ``memo`` is what :meth:`stop` returned for it."""
+
+    def stop(self, app: AppInfo) -> dict | None:
+        """Stop ``app``; return what is needed to start it exactly as it was (e.g. a formation)."""
+
+    def upstream_url(self, app: AppInfo) -> str:
+        """Base URL requests for ``app`` are sent to; never derived from request data."""
+
+    def ready_path(self, app: AppInfo) -> str | None:
+        """Path to probe for readiness once started, or None for "any non-router-error answer"."""
+
+    def close(self) -> None:
+        """Release sessions and threads."""

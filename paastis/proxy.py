@@ -1,0 +1,311 @@
+"""The catch-all blueprint: every request is routed by its Host to an app, woken if need be, and streamed.
+
+The upstream always comes from the provider or the config (through the lifecycle),
+never from the request: an absolute-form request line or a crafted Host can only ever
+select one of the apps paastis knows.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import re
+from collections.abc import Iterator
+from http.cookiejar import DefaultCookiePolicy
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from flask import Blueprint, Flask, Request, Response, current_app, request
+from urllib3.exceptions import NewConnectionError
+from urllib3.util import SKIP_HEADER
+
+from .lifecycle import Lifecycle, WakeError
+from .providers import AppInfo
+from .routing import BadHost, app_key_from_host
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("proxy", __name__)
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Recomputed or set by us (or by gunicorn) rather than copied.
+NOT_FORWARDED = frozenset({"host", "content-length", "x-forwarded-host"})
+NOT_RETURNED = frozenset({"date", "server"})
+CHUNK = 64 * 1024
+CONNECT_TIMEOUT = 10
+READ_TIMEOUT = 300
+ABSOLUTE_FORM = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+
+
+class PassThroughResponse(Response):
+    """A response that adds nothing of its own: no default Content-Type."""
+
+    default_mimetype = None
+
+
+class Proxy:
+    """The streaming HTTP client side, with one pooled session shared by all threads."""
+
+    def __init__(self, lifecycle: Lifecycle, metrics: Any, wake_strategy_of):
+        self.lifecycle = lifecycle
+        self.metrics = metrics
+        self.wake_strategy_of = wake_strategy_of
+        self.session = requests.Session()
+        self.session.trust_env = False  # no proxies or .netrc credentials from the environment
+        self.session.headers.clear()  # send only what the client sent
+        self.session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))  # never keep cookies
+        adapter = requests.adapters.HTTPAdapter(pool_connections=32, pool_maxsize=64)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def hop_by_hop(headers: Any) -> set[str]:
+    """RFC 9110 §7.6.1 hop-by-hop fields, plus every field the Connection header names."""
+    named = {token.strip().lower() for value in headers.get_all("Connection") for token in value.split(",")}
+    return HOP_BY_HOP | named
+
+
+def raw_target(req: Request) -> str:
+    """Path and query exactly as the client sent them (the scheme and authority of an absolute form dropped)."""
+    raw = req.environ.get("RAW_URI") or req.environ.get("REQUEST_URI")
+    if not raw:
+        query = req.environ.get("QUERY_STRING", "")
+        raw = req.environ.get("PATH_INFO", "/") + (f"?{query}" if query else "")
+    raw = ABSOLUTE_FORM.sub("", raw)
+    return raw if raw.startswith("/") else "/" + raw.lstrip("*")
+
+
+def request_headers(req: Request, upstream: str) -> dict[str, str]:
+    """What the app receives: the client's end-to-end headers, its own Host, and X-Forwarded-*."""
+    parts = urlsplit(upstream)
+    excluded = hop_by_hop(req.headers) | NOT_FORWARDED
+    headers: dict[str, str] = {}
+    for name, value in req.headers.items():
+        if name.lower() in excluded:
+            continue
+        headers[name] = value
+    proto = req.headers.get("X-Forwarded-Proto") or req.scheme
+    client = req.environ.get("REMOTE_ADDR", "")
+    prior = req.headers.get("X-Forwarded-For")
+    headers["Host"] = parts.netloc
+    headers["X-Forwarded-For"] = f"{prior}, {client}" if prior else client
+    headers["X-Forwarded-Proto"] = proto
+    headers["X-Forwarded-Host"] = req.headers.get("Host", "")
+    origin = req.headers.get("Origin")
+    if origin is not None and origin == f"{proto}://{req.headers.get('Host', '')}":
+        headers["Origin"] = f"{parts.scheme}://{parts.netloc}"
+    if "User-Agent" not in headers:
+        headers["User-Agent"] = SKIP_HEADER  # urllib3 would otherwise add its own
+    return headers
+
+
+class RequestBody:
+    """Streams the client's body upstream chunk by chunk; remembers whether any byte was sent.
+
+    A known length is exposed as ``len`` so that requests sends Content-Length instead
+    of switching the upload to chunked encoding.
+    """
+
+    def __init__(self, stream: Any, length: int | None):
+        self.stream = stream
+        self.started = False
+        if length is not None:
+            self.len = length
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            chunk = self.stream.read(CHUNK)
+            if not chunk:
+                return
+            self.started = True
+            yield chunk
+
+
+def request_body(req: Request) -> RequestBody | None:
+    length = req.content_length
+    chunked = "chunked" in req.headers.get("Transfer-Encoding", "").lower()
+    if not chunked and not length:
+        return None
+    return RequestBody(req.stream, None if chunked else length)
+
+
+def response_headers(upstream: requests.Response) -> list[tuple[str, str]]:
+    raw = upstream.raw.headers
+    excluded = hop_by_hop(_HeaderView(raw)) | NOT_RETURNED
+    return [(name, value) for name, value in raw.iteritems() if name.lower() not in excluded]
+
+
+class _HeaderView:
+    """``get_all`` over urllib3's header dict, to share :func:`hop_by_hop`."""
+
+    def __init__(self, headers: Any):
+        self.headers = headers
+
+    def get_all(self, name: str) -> list[str]:
+        return self.headers.getlist(name)
+
+
+def relay(upstream: requests.Response) -> Iterator[bytes]:
+    """Pass the body on as it arrives, undecoded, without waiting to fill a buffer."""
+    try:
+        while True:
+            chunk = upstream.raw.read1(CHUNK, decode_content=False)
+            if not chunk:
+                return
+            yield chunk
+    finally:
+        upstream.close()
+
+
+def error_response(status: int, message: str) -> Response:
+    response = current_app.response_class(
+        response=json.dumps({"error": message, "status": status}) + "\n",
+        status=status,
+        mimetype="application/json",
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+WAITING_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="{refresh}">
+<title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:20vh auto;padding:0 1rem;color:#222}}
+p.error{{color:#a00}}</style></head>
+<body><h1>{title}</h1><p class="{css}">{message}</p></body></html>
+"""
+
+
+def waiting_page(app: str, failure: str | None) -> Response:
+    if failure:
+        title, message, refresh, status, css = f"{app} could not start", failure, 10, 502, "error"
+    else:
+        title, refresh, status, css = f"{app} is starting", 2, 503, ""
+        message = "It was asleep and is waking up; this page reloads by itself."
+    body = WAITING_PAGE.format(refresh=refresh, title=html.escape(title), message=html.escape(message), css=css)
+    response = current_app.response_class(body, status=status, mimetype="text/html")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Retry-After"] = str(refresh)
+    return response
+
+
+def wants_waiting_page(strategy: str, req: Request) -> bool:
+    if strategy == "blocking" or req.method not in ("GET", "HEAD"):
+        return False
+    if strategy == "waiting-page":
+        return True
+    return "text/html" in req.headers.get("Accept", "")
+
+
+def is_system_request(req: Request) -> bool:
+    app: Flask = current_app  # type: ignore[assignment]
+    settings = app.extensions["paastis"].settings
+    return settings.system_api_enabled and req.headers.get("PaastisProxyTarget", "").lower() == "system"
+
+
+@bp.before_app_request
+def proxy_request() -> Response | None:
+    """Handle every request here, before routing, unless it is for the system API."""
+    if is_system_request(request):
+        return None
+    paastis = current_app.extensions["paastis"]
+    return serve(paastis.lifecycle, paastis.proxy, paastis.registry)
+
+
+def serve(lifecycle: Lifecycle, proxy: Proxy, registry: Any) -> Response:
+    try:
+        key = app_key_from_host(request.headers.get("Host"))
+    except BadHost as error:
+        return error_response(400, str(error))
+    try:
+        app = lifecycle.resolve(key)
+    except WakeError as error:
+        return error_response(error.status, error.message)
+    token = registry.begin_request(app.key)
+    try:
+        response = _serve_app(lifecycle, proxy, registry, app)
+    except BaseException:
+        registry.end_request(app.key, token)
+        raise
+    proxy.metrics.proxied_requests.labels(app.key, str(response.status_code)).inc()
+    response.call_on_close(lambda: registry.end_request(app.key, token))
+    return response
+
+
+def _serve_app(lifecycle: Lifecycle, proxy: Proxy, registry: Any, app: AppInfo) -> Response:
+    try:
+        if not lifecycle.is_awake(app):
+            if wants_waiting_page(proxy.wake_strategy_of(app.key), request):
+                lifecycle.wake_in_background(app)
+                return waiting_page(app.key, lifecycle.failure(app.key))
+            lifecycle.ensure_awake(app)
+        for member in lifecycle.group(app):
+            registry.touch(member.key)
+        return forward(lifecycle, proxy, app)
+    except WakeError as error:
+        return error_response(error.status, error.message)
+
+
+def forward(lifecycle: Lifecycle, proxy: Proxy, app: AppInfo) -> Response:
+    """Send the request upstream; if the app turns out to be down, wake it and try once more."""
+    body = request_body(request)
+    target = raw_target(request)
+    for attempt in (1, 2):
+        upstream = lifecycle.upstream_url(app)
+        try:
+            response = proxy.session.request(
+                request.method,
+                upstream + target,
+                headers=request_headers(request, upstream),
+                data=body,
+                stream=True,
+                allow_redirects=False,
+                timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
+            )
+            break
+        except requests.ConnectionError as error:
+            refused = _never_connected(error)
+            if attempt == 2 or not refused or (body is not None and body.started):
+                log.warning("upstream of %s failed: %s", app.key, error)
+                return error_response(502, f"app {app.key!r} did not answer: {_reason(error)}")
+            log.info("upstream of %s refused the connection: checking and waking it", app.key)
+            lifecycle.ensure_awake(app, recheck=True)
+        except requests.Timeout as error:
+            return error_response(504, f"app {app.key!r} did not answer in time: {_reason(error)}")
+        except requests.RequestException as error:
+            return error_response(502, f"app {app.key!r} could not be reached: {_reason(error)}")
+    return PassThroughResponse(
+        relay(response),
+        status=f"{response.status_code} {response.reason or ''}".strip(),
+        headers=response_headers(response),
+        direct_passthrough=True,
+    )
+
+
+def _never_connected(error: requests.ConnectionError) -> bool:
+    """True when the upstream refused or was unreachable: nothing was sent, so a retry is safe."""
+    cause = error.args[0] if error.args else None
+    return isinstance(getattr(cause, "reason", cause), NewConnectionError)
+
+
+def _reason(error: Exception) -> str:
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    return str(reason or error).split(": ")[-1][:200]

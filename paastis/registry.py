@@ -1,0 +1,128 @@
+"""The registry: which apps paastis started or saw running, and how recently they were used.
+
+Two stores share one interface: :class:`InMemoryRegistry` for a single process and
+``RedisRegistry`` (see :mod:`paastis.redis_registry`) for many processes and machines.
+Besides running apps, the registry keeps each app's *memo* (what a provider needs to
+start it again exactly as it was, such as a formation), which outlives the app's stop.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class RunningApp:
+    """An app paastis considers awake; dates are timezone-aware UTC."""
+
+    key: str
+    started_at: datetime
+    last_accessed_at: datetime
+
+    def idle_seconds(self, now: datetime) -> float:
+        return (now - self.last_accessed_at).total_seconds()
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["started_at"] = self.started_at.isoformat()
+        data["last_accessed_at"] = self.last_accessed_at.isoformat()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunningApp:
+        return cls(
+            key=data["key"],
+            started_at=datetime.fromisoformat(data["started_at"]),
+            last_accessed_at=datetime.fromisoformat(data["last_accessed_at"]),
+        )
+
+
+class Registry(Protocol):
+    """What the lifecycle, the proxy and the admin API need to know about running apps."""
+
+    def get(self, key: str) -> RunningApp | None: ...
+    def all(self) -> list[RunningApp]: ...
+    def register(self, app: RunningApp) -> None: ...
+    def unregister(self, key: str) -> None: ...
+    def touch(self, key: str) -> None: ...
+    def begin_request(self, key: str) -> object: ...
+    def end_request(self, key: str, token: object) -> None: ...
+    def in_flight(self, key: str) -> int: ...
+    def remember(self, key: str, memo: dict[str, Any]) -> None: ...
+    def recall(self, key: str) -> dict[str, Any] | None: ...
+    def clear(self) -> None: ...
+    def healthy(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+class InMemoryRegistry:
+    """One process's registry, guarded by a lock because gunicorn threads share it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._apps: dict[str, RunningApp] = {}
+        self._in_flight: dict[str, int] = defaultdict(int)
+        self._memos: dict[str, dict[str, Any]] = {}
+
+    def get(self, key: str) -> RunningApp | None:
+        return self._apps.get(key)
+
+    def all(self) -> list[RunningApp]:
+        with self._lock:
+            return list(self._apps.values())
+
+    def register(self, app: RunningApp) -> None:
+        with self._lock:
+            self._apps[app.key] = app
+
+    def unregister(self, key: str) -> None:
+        with self._lock:
+            self._apps.pop(key, None)
+
+    def touch(self, key: str) -> None:
+        with self._lock:
+            app = self._apps.get(key)
+            if app is not None:
+                self._apps[key] = replace(app, last_accessed_at=utcnow())
+
+    def begin_request(self, key: str) -> object:
+        with self._lock:
+            self._in_flight[key] += 1
+        return key
+
+    def end_request(self, key: str, token: object) -> None:
+        with self._lock:
+            self._in_flight[key] -= 1
+            if self._in_flight[key] <= 0:
+                del self._in_flight[key]
+            app = self._apps.get(key)
+            if app is not None:
+                self._apps[key] = replace(app, last_accessed_at=utcnow())
+
+    def in_flight(self, key: str) -> int:
+        return self._in_flight.get(key, 0)
+
+    def remember(self, key: str, memo: dict[str, Any]) -> None:
+        with self._lock:
+            self._memos[key] = memo
+
+    def recall(self, key: str) -> dict[str, Any] | None:
+        return self._memos.get(key)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._apps.clear()
+
+    def healthy(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass

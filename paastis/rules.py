@@ -1,0 +1,173 @@
+"""``paastis.yml``: per-app policies (rules) and, for the local provider, the apps themselves.
+
+A rule's ``pattern`` must match the whole app key; every matching rule applies in file
+order, later ones overriding earlier ones field by field, and ``$1``…``$9`` in
+``app_name``, ``linked_apps`` and ``upstream_url`` are replaced by the pattern's groups.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import WAKE_STRATEGIES, ConfigError, Settings
+
+HOOK_NAMES = ("before_start", "after_start", "before_stop", "after_stop")
+RULE_FIELDS = {
+    "pattern",
+    "app_max_idle_time",
+    "app_name",
+    "linked_apps",
+    "upstream_url",
+    "wake_strategy",
+    "hooks",
+    "ignore",
+}
+GROUP_REF = re.compile(r"\$([1-9])")
+
+
+@dataclass(frozen=True)
+class AppPolicy:
+    """Everything paastis decides about one app key, resolved from settings and rules."""
+
+    key: str
+    app_name: str
+    max_idle_time: float  # minutes
+    wake_strategy: str
+    linked_apps: tuple[str, ...] = ()
+    upstream_url: str | None = None
+    hooks: dict[str, str] = field(default_factory=dict)
+    managed: bool = True
+
+
+@dataclass(frozen=True)
+class Rule:
+    index: int
+    pattern: re.Pattern[str]
+    values: dict[str, Any]
+
+    def describe(self) -> str:
+        return f"rule #{self.index} (pattern {self.pattern.pattern!r})"
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read ``paastis.yml``; a missing file is an empty config, a broken one stops start-up."""
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"PAASTIS_CONFIG_FILE={str(path)!r} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"PAASTIS_CONFIG_FILE={str(path)!r} must hold a mapping (rules:, apps:)")
+    return data
+
+
+def _check_rule(index: int, raw: Any) -> Rule:
+    if not isinstance(raw, dict) or "pattern" not in raw:
+        raise ConfigError(f"paastis.yml rule #{index} must be a mapping with a 'pattern'")
+    where = f"paastis.yml rule #{index} (pattern {raw['pattern']!r})"
+    unknown = set(raw) - RULE_FIELDS
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    try:
+        pattern = re.compile(str(raw["pattern"]))
+    except re.error as error:
+        raise ConfigError(f"{where}: invalid pattern: {error}") from None
+    values = {k: v for k, v in raw.items() if k != "pattern"}
+    idle = values.get("app_max_idle_time")
+    if idle is not None and (isinstance(idle, bool) or not isinstance(idle, int | float) or idle <= 0):
+        raise ConfigError(f"{where}: app_max_idle_time must be a number of minutes > 0")
+    linked = values.get("linked_apps")
+    if linked is not None and not (isinstance(linked, list) and all(isinstance(x, str) for x in linked)):
+        raise ConfigError(f"{where}: linked_apps must be a list of app names")
+    strategy = values.get("wake_strategy")
+    if strategy is not None and strategy not in WAKE_STRATEGIES:
+        raise ConfigError(f"{where}: wake_strategy must be one of {', '.join(WAKE_STRATEGIES)}")
+    hooks = values.get("hooks")
+    if hooks is not None:
+        if not isinstance(hooks, dict) or set(hooks) - set(HOOK_NAMES):
+            raise ConfigError(f"{where}: hooks takes only {', '.join(HOOK_NAMES)}")
+        if not all(isinstance(v, str) for v in hooks.values()):
+            raise ConfigError(f"{where}: each hook must be a shell command string")
+    for name in ("app_name", "upstream_url"):
+        if name in values and not isinstance(values[name], str):
+            raise ConfigError(f"{where}: {name} must be a string")
+    if "ignore" in values and not isinstance(values["ignore"], bool):
+        raise ConfigError(f"{where}: ignore must be true or false")
+    return Rule(index, pattern, values)
+
+
+def _name_matcher(items: tuple[str, ...], variable: str) -> re.Pattern[str] | None:
+    """Comma-separated names or full-match patterns, as one regular expression."""
+    if not items:
+        return None
+    try:
+        return re.compile("|".join(f"(?:{item})" for item in items))
+    except re.error as error:
+        raise ConfigError(f"{variable}={','.join(items)!r} holds an invalid pattern: {error}") from None
+
+
+class Rules:
+    """Resolves an :class:`AppPolicy` for any app key."""
+
+    def __init__(self, settings: Settings, raw_rules: list[Any] | None):
+        if raw_rules is not None and not isinstance(raw_rules, list):
+            raise ConfigError("paastis.yml 'rules' must be a list")
+        self.settings = settings
+        self.rules = [_check_rule(i, raw) for i, raw in enumerate(raw_rules or [])]
+        self.ignored = _name_matcher(settings.ignored_apps, "REGISTRY_IGNORED_APPS")
+        self.allowed = _name_matcher(settings.allowed_apps, "REGISTRY_ALLOWED_APPS")
+        self._cache: dict[str, AppPolicy] = {}
+
+    def policy(self, key: str) -> AppPolicy:
+        """Policies are computed once per key: the proxy asks on every request."""
+        policy = self._cache.get(key)
+        if policy is None:
+            policy = self._cache[key] = self._resolve(key)
+            if len(self._cache) > 10_000:  # keys come from request Hosts: bound the memory
+                self._cache.clear()
+        return policy
+
+    def _resolve(self, key: str) -> AppPolicy:
+        merged: dict[str, Any] = {}
+        for rule in self.rules:
+            match = rule.pattern.fullmatch(key)
+            if match:
+                merged.update(_substitute(rule.values, match))
+        hooks = dict(self.settings.hooks)
+        hooks.update(merged.get("hooks") or {})
+        return AppPolicy(
+            key=key,
+            app_name=merged.get("app_name", key),
+            max_idle_time=float(merged.get("app_max_idle_time", self.settings.max_idle_time)),
+            wake_strategy=merged.get("wake_strategy", self.settings.wake_strategy),
+            linked_apps=tuple(merged.get("linked_apps", ())),
+            upstream_url=merged.get("upstream_url"),
+            hooks=hooks,
+            managed=self._managed(key) and not merged.get("ignore", False),
+        )
+
+    def _managed(self, key: str) -> bool:
+        if self.ignored and self.ignored.fullmatch(key):
+            return False
+        return not self.allowed or bool(self.allowed.fullmatch(key))
+
+
+def _substitute(values: dict[str, Any], match: re.Match[str]) -> dict[str, Any]:
+    """Replace ``$N`` by the N-th group in the fields that may refer to the key."""
+
+    def fill(text: str) -> str:
+        return GROUP_REF.sub(lambda m: match.group(int(m.group(1))) or "", text)
+
+    out = dict(values)
+    for name in ("app_name", "upstream_url"):
+        if name in out:
+            out[name] = fill(out[name])
+    if "linked_apps" in out:
+        out["linked_apps"] = [fill(name) for name in out["linked_apps"]]
+    return out

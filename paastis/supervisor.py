@@ -1,0 +1,91 @@
+"""The background thread that runs idle checks on a schedule, only while it leads.
+
+Every gunicorn worker runs one. With the in-memory registry there is a single worker,
+which always leads; with Redis, leadership is a lock only one worker in the fleet holds
+(see :mod:`paastis.leader`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Protocol
+
+import schedule
+
+from .lifecycle import Lifecycle
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Leadership(Protocol):
+    def hold(self) -> bool:
+        """Acquire or renew leadership; True while this worker leads."""
+
+    def release(self) -> None: ...
+
+
+class SoleLeader:
+    """One process, one registry: it always leads."""
+
+    def hold(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+
+class Supervisor:
+    def __init__(self, lifecycle: Lifecycle, interval: float, leadership: Leadership, metrics: Metrics):
+        self.lifecycle = lifecycle
+        self.interval = interval
+        self.leadership = leadership
+        self.metrics = metrics
+        self.scheduler = schedule.Scheduler()
+        self.scheduler.every(interval).seconds.do(self.tick)
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._leading = False
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="paastis-supervisor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.leadership.release()
+
+    @property
+    def leading(self) -> bool:
+        return self._leading
+
+    def tick(self) -> None:
+        """One idle check, if we lead; never lets an error kill the thread."""
+        try:
+            leading = self.leadership.hold()
+        except Exception as error:  # noqa: BLE001
+            log.warning("supervisor: cannot tell who leads: %s", error)
+            leading = False
+        self._set_leading(leading)
+        if not leading:
+            return
+        try:
+            self.lifecycle.check_idle()
+        except Exception as error:  # noqa: BLE001 - logged; the next tick tries again
+            log.error("supervisor: idle check failed: %s", error)
+
+    def _set_leading(self, leading: bool) -> None:
+        if leading != self._leading:
+            log.info("supervisor: %s", "now leading the idle checks" if leading else "no longer leading")
+        self._leading = leading
+        self.metrics.leader.set(1 if leading else 0)
+
+    def _run(self) -> None:
+        self.tick()  # learn what already runs right away
+        while not self._stopping.wait(min(0.5, self.interval / 4)):
+            self.scheduler.run_pending()

@@ -1,0 +1,141 @@
+"""Test helpers: free ports, waiting on conditions with deadlines, real gunicorn instances."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+UPSTREAM_APP = Path(__file__).resolve().parent / "upstream_app.py"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as error:  # noqa: BLE001 - the predicate may fail until the condition holds
+            last_error = error
+        time.sleep(interval)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what or predicate}" + (f": {last_error}" if last_error else "")
+    )
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def upstream_command(**env: Any) -> str:
+    """A ``command:`` for paastis.yml that runs the test upstream app (settings as env assignments)."""
+    assignments = " ".join(f"{k}={v}" for k, v in env.items())
+    return f"{assignments} exec {PYTHON} {UPSTREAM_APP}".strip()
+
+
+def write_config(directory: Path, apps: list[dict] | None = None, rules: list[dict] | None = None) -> Path:
+    path = directory / "paastis.yml"
+    data: dict[str, Any] = {}
+    if apps is not None:
+        data["apps"] = apps
+    if rules is not None:
+        data["rules"] = rules
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+class Gunicorn:
+    """A real ``gunicorn app:app`` started from the repository root with the given environment."""
+
+    def __init__(self, env: dict[str, str], tmp: Path, name: str = "paastis"):
+        self.port = free_port()
+        self.log_path = tmp / f"{name}-{self.port}.log"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PROVIDER_", "REGISTRY_", "HOOKS_"))}
+        full_env.update({"PORT": str(self.port), "HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"})
+        full_env.update(env)
+        self.env = full_env
+        self.process: subprocess.Popen | None = None
+
+    def start(self, wait: bool = True) -> Gunicorn:
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "gunicorn", "app:app"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if wait:
+            wait_until(lambda: port_open(self.port) or self._died(), 20, what=f"gunicorn on {self.port}")
+            assert self.process.poll() is None, f"gunicorn exited:\n{self.logs()}"
+        return self
+
+    def _died(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def request(self, method: str, path: str = "/", host: str = "demo.localhost", **kwargs: Any) -> requests.Response:
+        headers = {"Host": host, **kwargs.pop("headers", {})}
+        kwargs.setdefault("timeout", 60)
+        return requests.request(method, self.url + path, headers=headers, allow_redirects=False, **kwargs)
+
+    def get(self, path: str = "/", host: str = "demo.localhost", **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, host, **kwargs)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def worker_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True, check=False)
+        return [int(pid) for pid in out.stdout.split()]
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self._log.close()
+
+
+def kill_local_apps(state_dir: Path) -> None:
+    """Stop whatever the local provider spawned under ``state_dir`` (tests must not leak processes)."""
+    for pid_file in state_dir.glob("*.pid"):
+        try:
+            os.killpg(int(pid_file.read_text().strip()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
