@@ -82,6 +82,8 @@ class ApiClient:
         self.session.headers["User-Agent"] = "paastis"
         self._auth_logged = False
         self.on_response: Callable[[requests.Response], None] | None = None
+        # Short-lived bearers (Scalingo): on a 401, renew and retry the call once if this returns True.
+        self.on_unauthorized: Callable[[requests.Response], bool] | None = None
 
     def close(self) -> None:
         self.session.close()
@@ -95,6 +97,7 @@ class ApiClient:
         deadline = time.monotonic() + MAX_RATE_LIMIT_WAIT
         kwargs.setdefault("timeout", TIMEOUT)
         attempt = 0
+        renewed = False
         while True:
             attempt += 1
             if self.limiter is not None:
@@ -109,6 +112,11 @@ class ApiClient:
                 raise ProviderError(self.provider, app, f"{operation} failed: {type(error).__name__}") from None
             if self.on_response is not None:
                 self.on_response(response)
+            if response.status_code == 401 and not renewed and self.on_unauthorized is not None:
+                renewed = True  # a 401 means nothing was applied: retrying even a write is safe
+                if self.on_unauthorized(response):
+                    self._count(operation, "credentials_renewed")
+                    continue
             if response.status_code == 429:
                 self._count(operation, "rate_limited")
                 wait = retry_after(response) or backoff(attempt)
