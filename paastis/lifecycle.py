@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 ROUTER_ERRORS = {502, 503, 504}  # what a PaaS router answers while an app is down or booting
 PROBE_INTERVAL = 0.1
-FAILURE_MEMORY = 30.0  # seconds a failed start stays visible on the waiting page
+FAILURE_MEMORY = 10.0  # seconds a failed start stays on the waiting page before a reload retries
 
 
 class WakeError(Exception):

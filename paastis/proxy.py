@@ -254,8 +254,10 @@ def _serve_app(lifecycle: Lifecycle, proxy: Proxy, registry: Any, app: AppInfo) 
     try:
         if not lifecycle.is_awake(app):
             if wants_waiting_page(proxy.wake_strategy_of(app.key), request):
-                lifecycle.wake_in_background(app)
-                return waiting_page(app.key, lifecycle.failure(app.key))
+                failure = lifecycle.failure(app.key)
+                if failure is None:  # a recent failure is shown until it expires, not retried at every reload
+                    lifecycle.wake_in_background(app)
+                return waiting_page(app.key, failure)
             lifecycle.ensure_awake(app)
         for member in lifecycle.group(app):
             registry.touch(member.key)
@@ -292,12 +294,13 @@ def forward(lifecycle: Lifecycle, proxy: Proxy, app: AppInfo) -> Response:
             return error_response(504, f"app {app.key!r} did not answer in time: {_reason(error)}")
         except requests.RequestException as error:
             return error_response(502, f"app {app.key!r} could not be reached: {_reason(error)}")
-    return PassThroughResponse(
+    relayed = PassThroughResponse(
         relay(response),
         status=f"{response.status_code} {response.reason or ''}".strip(),
         headers=response_headers(response),
-        direct_passthrough=True,
     )
+    relayed.call_on_close(response.close)  # also when the body is never iterated (HEAD, client gone)
+    return relayed
 
 
 def _never_connected(error: requests.ConnectionError) -> bool:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.support import free_port, port_open, upstream_command, write_config
+from tests.support import PYTHON, UPSTREAM_APP, free_port, port_open, upstream_command, wait_until, write_config
+
+FAST_FAIL = {"PROVIDER_OPERATION_TIMEOUT": "15"}
 
 
 def demo_app(tmp_path: Path, name: str = "demo", **env) -> tuple[dict, int]:
@@ -39,3 +44,141 @@ def test_coalesced_wake_one_start_for_100_requests(tmp_path, gunicorn_factory):
         codes = list(pool.map(lambda _: paastis.get("/echo").status_code, range(100)))
     assert codes == [200] * 100
     assert starts(tmp_path) == 1
+
+
+def test_bad_host_gets_400_and_unknown_app_404(tmp_path, gunicorn_factory):
+    write_config(tmp_path, [demo_app(tmp_path)[0]])
+    paastis = gunicorn_factory()
+    bad = paastis.get(host="demo_app.localhost")
+    assert bad.status_code == 400
+    assert "not a valid hostname" in bad.json()["error"]
+    unknown = paastis.get(host="ghost.localhost")
+    assert unknown.status_code == 404
+    assert "ghost" in unknown.json()["error"]
+    assert paastis.get(host="demo.localhost").status_code == 200  # still serving
+
+
+def test_start_failure_is_a_quick_502_and_other_apps_still_work(tmp_path, gunicorn_factory):
+    broken, _ = demo_app(tmp_path, "broken", EXIT_CODE=3)
+    healthy, _ = demo_app(tmp_path, "healthy")
+    write_config(tmp_path, [broken, healthy])
+    paastis = gunicorn_factory({"PROVIDER_OPERATION_TIMEOUT": "30"})
+    response = paastis.get(host="broken.localhost", timeout=10)
+    assert response.status_code == 502
+    assert "broken" in response.json()["error"]
+    assert paastis.get(host="healthy.localhost").status_code == 200
+    assert "local: broken exited with code 3" in paastis.logs()
+
+
+def test_failing_start_command_reports_its_exit_code(tmp_path, gunicorn_factory):
+    app = {"name": "svc", "url": f"http://127.0.0.1:{free_port()}", "start": "echo nope >&2; exit 7", "stop": "true"}
+    write_config(tmp_path, [app])
+    paastis = gunicorn_factory()
+    response = paastis.get(host="svc.localhost")
+    assert response.status_code == 502
+    assert "start command exited with code 7: nope" in response.json()["error"]
+
+
+def test_start_and_stop_commands_manage_an_app(tmp_path, gunicorn_factory):
+    port = free_port()
+    pid_file = tmp_path / "svc.pid"
+    log = tmp_path / "svc-starts.log"
+    start = f"START_LOG={log} nohup {PYTHON} {UPSTREAM_APP} >/dev/null 2>&1 & echo $! > {pid_file}"
+    app = {"name": "svc", "url": f"http://127.0.0.1:{port}", "start": start, "stop": f"kill $(cat {pid_file})"}
+    write_config(tmp_path, [app])
+    paastis = gunicorn_factory(
+        {"START_AND_STOP_MAX_IDLE_TIME": "0.01", "START_AND_STOP_CHECKING_INTERVAL": "0.3", **FAST_FAIL}
+    )
+    assert paastis.get(host="svc.localhost").status_code == 200
+    wait_until(lambda: not port_open(port), 15, what="the stop command to stop the idle app")
+    assert paastis.get(host="svc.localhost").status_code == 200
+    assert starts(tmp_path, "svc") == 2
+    subprocess.run(f"kill $(cat {pid_file})", shell=True, check=False)
+
+
+def test_start_timeout_is_a_504_naming_the_app(tmp_path, gunicorn_factory):
+    slow, _ = demo_app(tmp_path, "slow", BOOT_DELAY=30)
+    write_config(tmp_path, [slow])
+    paastis = gunicorn_factory({"PROVIDER_OPERATION_TIMEOUT": "1.5"})
+    response = paastis.get(host="slow.localhost")
+    assert response.status_code == 504
+    assert "slow" in response.json()["error"] and "1.5s" in response.json()["error"]
+
+
+def test_idle_app_is_stopped_then_woken_again(tmp_path, gunicorn_factory):
+    app, port = demo_app(tmp_path)
+    write_config(tmp_path, [app])
+    paastis = gunicorn_factory({"START_AND_STOP_MAX_IDLE_TIME": "0.02", "START_AND_STOP_CHECKING_INTERVAL": "0.3"})
+    assert paastis.get("/echo").status_code == 200
+    wait_until(lambda: not port_open(port), 15, what="the idle app to be stopped")
+    assert paastis.get("/echo").status_code == 200
+    assert starts(tmp_path) == 2
+    assert "stopping demo (idle)" in paastis.logs()
+
+
+def test_a_request_in_flight_keeps_the_app_awake(tmp_path, gunicorn_factory):
+    app, port = demo_app(tmp_path)
+    write_config(tmp_path, [app])
+    # Idle after 0.6 s, checked every 0.3 s, while one response takes 4 s to stream.
+    paastis = gunicorn_factory({"START_AND_STOP_MAX_IDLE_TIME": "0.01", "START_AND_STOP_CHECKING_INTERVAL": "0.3"})
+    response = paastis.get("/stream?chunks=8&delay=0.5", stream=True)
+    lines = [line for line in response.iter_lines() if line]
+    assert lines == [f"chunk {i}".encode() for i in range(8)]
+    assert starts(tmp_path) == 1
+    wait_until(lambda: not port_open(port), 15, what="the app to be stopped once idle")
+
+
+def test_app_that_died_behind_our_back_is_woken_again(tmp_path, gunicorn_factory):
+    app, port = demo_app(tmp_path)
+    write_config(tmp_path, [app])
+    paastis = gunicorn_factory()
+    assert paastis.get("/echo").status_code == 200
+    pid = int((tmp_path / "state" / "demo.pid").read_text())
+    os.killpg(pid, signal.SIGKILL)
+    wait_until(lambda: not port_open(port), 5, what="the app to die")
+    response = paastis.get("/echo")
+    assert response.status_code == 200
+    assert starts(tmp_path) == 2
+
+
+def test_waiting_page_for_browsers_while_api_calls_wait(tmp_path, gunicorn_factory):
+    app, _ = demo_app(tmp_path, BOOT_DELAY=2)
+    write_config(tmp_path, [app])
+    paastis = gunicorn_factory()
+    page = paastis.get(headers={"Accept": "text/html,application/xhtml+xml"})
+    assert page.status_code == 503
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert page.headers["Cache-Control"] == "no-store"
+    assert "demo is starting" in page.text and 'http-equiv="refresh"' in page.text
+    body = b"payload" * 1000
+    posted = paastis.request("POST", "/upload", data=body, headers={"Accept": "text/html"})
+    assert posted.status_code == 200
+    assert posted.json()["body_size"] == len(body)
+    api = paastis.get("/echo", headers={"Accept": "application/json"})
+    assert api.status_code == 200 and api.json()["method"] == "GET"
+    assert wait_until(lambda: paastis.get(headers={"Accept": "text/html"}).status_code == 200, 10)
+    assert starts(tmp_path) == 1
+
+
+def test_waiting_page_shows_a_failed_start(tmp_path, gunicorn_factory):
+    app, _ = demo_app(tmp_path, EXIT_CODE=1)
+    write_config(tmp_path, [app])
+    paastis = gunicorn_factory()
+    assert paastis.get(headers={"Accept": "text/html"}).status_code == 503
+
+    def failure_page() -> str | None:
+        page = paastis.get(headers={"Accept": "text/html"})
+        return page.text if page.status_code == 502 else None
+
+    text = wait_until(failure_page, 15, what="the failure page")
+    assert "demo could not start" in text
+    assert "failed to start" in text
+
+
+def test_blocking_strategy_never_answers_html(tmp_path, gunicorn_factory):
+    app, _ = demo_app(tmp_path, BOOT_DELAY=0.5)
+    write_config(tmp_path, [app])
+    paastis = gunicorn_factory({"WAKE_STRATEGY": "blocking"})
+    response = paastis.get("/echo", headers={"Accept": "text/html"})
+    assert response.status_code == 200
+    assert response.json()["path"] == "/echo"
