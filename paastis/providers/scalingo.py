@@ -1,0 +1,364 @@
+"""The Scalingo provider: apps of one account, in one or several regions, over the documented HTTP API.
+
+Scalingo has no "stop" verb: an app sleeps when every process type is scaled to 0.
+So stopping remembers the formation (``{"containers": [{"name", "amount", "size"}]}``,
+kept by the lifecycle in the registry) and waking scales back to exactly that, or to
+``web: 1`` when nothing is remembered. Scale calls answer 202 with an operation to
+follow; the app's own URL is then probed by the lifecycle (``probe_upstream``), which
+costs no API call: the account is allowed 60 requests per minute, all regions together.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import requests
+
+from ..config import ConfigError, Env, Settings
+from ..metrics import Metrics
+from ..routing import is_valid_app_key
+from .base import FAILED, RUNNING, STARTING, STOPPED, UNKNOWN, AppInfo, ProviderAuthError, ProviderError
+from .http import ApiClient, RateLimiter
+
+log = logging.getLogger(__name__)
+
+NAME = "scalingo"
+DEFAULT_REGION = "osc-fr1"
+DEFAULT_AUTH_URL = "https://auth.scalingo.com"
+DEFAULT_RATE_LIMIT = 60.0  # requests per minute, per account (documented)
+TOKEN_HINT = "PROVIDER_SCALINGO_API_TOKEN (an API token from the Scalingo dashboard, User Settings > API tokens)"
+STATUSES = {
+    "running": RUNNING,
+    "stopped": STOPPED,
+    "new": STARTING,
+    "booting": STARTING,
+    "restarting": STARTING,
+    "scaling": STARTING,
+    # A crash is not going to fix itself while a request waits: fail the wake now (502).
+    "crashed": FAILED,
+}
+DEFAULT_BEARER_LIFETIME = 3600.0  # documented; used when the JWT carries no readable ``exp``
+MAX_RENEWAL_MARGIN = 300.0  # renew 5 minutes before expiry, as go-scalingo does
+REFUSED_COOLDOWN = 30.0  # after the API token was refused, fail fast instead of asking again
+FIRST_OPERATION_POLL = 1.0
+
+
+class ScalingoBearer(requests.auth.AuthBase):
+    """The bearer sent to the regional APIs: exchanged from the API token, renewed before its ``exp``.
+
+    One bearer serves every region of the account. The lock makes concurrent callers
+    wait for one exchange instead of each starting their own.
+    """
+
+    def __init__(self, auth: ApiClient, api_token: str):
+        self._auth = auth
+        self._api_token = api_token
+        self._token: str | None = None
+        self._renew_at = 0.0
+        self._refused_until = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self.current()}"
+        return request
+
+    def current(self) -> str:
+        with self._lock:
+            if self._token is None or time.monotonic() >= self._renew_at:
+                self._token = self._exchange()
+            return self._token
+
+    def renew_after_401(self, response: requests.Response) -> bool:
+        """Drop the bearer that was refused (not a newer one another thread already got); retry once."""
+        sent = response.request.headers.get("Authorization", "") if response.request is not None else ""
+        with self._lock:
+            if self._token is not None and sent == f"Bearer {self._token}":
+                self._token = None
+        log.info("%s: bearer refused, exchanging the API token again", NAME)
+        return True
+
+    def _exchange(self) -> str:
+        if time.monotonic() < self._refused_until:
+            raise ProviderAuthError(NAME, None, "the API token was refused recently; check PROVIDER_SCALINGO_API_TOKEN")
+        try:
+            response = self._auth.call("POST", "/v1/tokens/exchange", "token_exchange", auth=("", self._api_token))
+        except ProviderAuthError:
+            self._refused_until = time.monotonic() + REFUSED_COOLDOWN
+            raise
+        token = _json(response, "token_exchange").get("token")
+        if not isinstance(token, str) or not token:
+            raise ProviderError(NAME, None, "token_exchange: the answer has no token")
+        lifetime = jwt_lifetime(token) or DEFAULT_BEARER_LIFETIME
+        self._renew_at = time.monotonic() + lifetime - min(MAX_RENEWAL_MARGIN, lifetime / 5)
+        log.debug("%s: new bearer, valid for %.0fs", NAME, lifetime)
+        return token
+
+
+def jwt_lifetime(token: str) -> float | None:
+    """Seconds the bearer is valid for, from its ``exp`` (and ``iat``, which makes clock skew harmless)."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        expires = float(claims["exp"])
+        issued = float(claims["iat"]) if "iat" in claims else time.time()
+    except (IndexError, ValueError, KeyError, TypeError):
+        return None
+    return max(1.0, expires - issued)
+
+
+def regional_urls(regions: list[str], override: str | None) -> dict[str, str]:
+    """One API URL per region.
+
+    ``PROVIDER_SCALINGO_API_URL`` may be one URL per listed region (comma-separated, in
+    the order of ``PROVIDER_REGION``), or a template containing ``{region}``.
+    """
+    if override is None:
+        urls = [f"https://api.{region}.scalingo.com" for region in regions]
+    elif "{region}" in override:
+        urls = [override.replace("{region}", region) for region in regions]
+    else:
+        urls = [url.strip() for url in override.split(",") if url.strip()]
+        if len(urls) != len(regions):
+            raise ConfigError(
+                f"PROVIDER_SCALINGO_API_URL lists {len(urls)} URL(s) for {len(regions)} region(s) in "
+                "PROVIDER_REGION: give one URL per region in the same order, or a template with {region}"
+            )
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"PROVIDER_SCALINGO_API_URL: {url!r} is not an http(s) URL")
+    return {region: url.rstrip("/") for region, url in zip(regions, urls, strict=True)}
+
+
+def read_regions(env: Env) -> list[str]:
+    regions = list(dict.fromkeys(region.lower() for region in env.csv("PROVIDER_REGION"))) or [DEFAULT_REGION]
+    for region in regions:
+        if not is_valid_app_key(region):
+            raise ConfigError(f"PROVIDER_REGION: {region!r} is not a region name such as osc-fr1")
+    return regions
+
+
+def rate_limiter(per_minute: float) -> RateLimiter:
+    """A bucket that never sends more than ``per_minute`` calls in any 60 s window: burst + refill = budget."""
+    burst = max(1.0, per_minute / 6)
+    return RateLimiter(per_minute - burst, burst=burst)
+
+
+class ScalingoProvider:
+    name = NAME
+    poll_interval = 5.0  # status calls during a wake; readiness itself is probed on the app's URL
+    probe_upstream = True
+
+    def __init__(self, clients: dict[str, ApiClient], bearer: ScalingoBearer, operation_timeout: float):
+        self.clients = clients  # region -> regional API client, in PROVIDER_REGION order
+        self.bearer = bearer
+        self.operation_timeout = operation_timeout
+        for client in clients.values():
+            client.on_unauthorized = bearer.renew_after_401
+
+    @classmethod
+    def from_settings(cls, settings: Settings, config: dict, metrics: Metrics | None = None) -> ScalingoProvider:
+        env = settings.env
+        api_token = env.secret("PROVIDER_SCALINGO_API_TOKEN", "create an API token in the Scalingo dashboard")
+        regions = read_regions(env)
+        urls = regional_urls(regions, env.get("PROVIDER_SCALINGO_API_URL"))
+        auth_url = env.get("PROVIDER_SCALINGO_AUTH_URL", DEFAULT_AUTH_URL)
+        if urlsplit(auth_url).scheme not in ("http", "https") or not urlsplit(auth_url).hostname:
+            raise ConfigError(f"PROVIDER_SCALINGO_AUTH_URL={auth_url!r} is not an http(s) URL")
+        limiter = rate_limiter(env.number("PROVIDER_SCALINGO_RATE_LIMIT", DEFAULT_RATE_LIMIT, minimum=1))
+        session = requests.Session()  # one pool for the auth service and every region
+        session.headers["Accept"] = "application/json"
+        auth = ApiClient(NAME, auth_url, metrics, TOKEN_HINT, session=session)
+        clients = {
+            region: ApiClient(NAME, url, metrics, TOKEN_HINT, limiter=limiter, session=session)
+            for region, url in urls.items()
+        }
+        return cls(clients, ScalingoBearer(auth, api_token), settings.provider_operation_timeout(NAME))
+
+    # -- the provider interface -------------------------------------------------
+
+    def list_apps(self) -> list[AppInfo]:
+        """Every region's ``GET /v1/apps``; one failing region fails it all (a partial list would read as deletions)."""
+        apps: dict[str, AppInfo] = {}
+        for region, client in self.clients.items():
+            body = _json(client.call("GET", "/v1/apps", "list_apps", auth=self.bearer), "list_apps")
+            listed = body.get("apps")
+            if not isinstance(listed, list):
+                raise ProviderError(NAME, None, f"list_apps: unexpected answer from region {region}")
+            for raw in listed:
+                app = _app_info(raw, region)
+                if app is None:
+                    continue
+                if app.key in apps:
+                    log.warning(
+                        "%s: app %s exists in %s and %s; using %s",
+                        NAME,
+                        app.key,
+                        apps[app.key].region,
+                        region,
+                        apps[app.key].region,
+                    )
+                    continue
+                apps[app.key] = app
+        return list(apps.values())
+
+    def status(self, app: AppInfo) -> str:
+        return STATUSES.get(str(self._app(app).get("status")), UNKNOWN)
+
+    def start(self, app: AppInfo, memo: dict | None) -> None:
+        """Scale back to the remembered formation (only the types that differ), or restart a crashed app."""
+        wanted = formation_from_memo(memo)
+        current = {c["name"]: c for c in self._formation(app)}
+        if wanted is None:
+            if memo is not None:
+                log.warning("%s: ignoring an unusable remembered formation for %s", NAME, app.key)
+            if "web" not in current:
+                raise ProviderError(NAME, app.name, "no formation remembered and the app has no web process type")
+            wanted = [{"name": "web", "amount": 1}]
+        changes = []
+        for entry in wanted:
+            now = current.get(entry["name"])
+            if now is None:
+                log.warning("%s: %s no longer has a %r process type; not scaling it", NAME, app.key, entry["name"])
+            elif now.get("amount") != entry["amount"] or entry.get("size", now.get("size")) != now.get("size"):
+                changes.append(entry)
+        if changes:
+            self._follow(app, self._post(app, "scale", {"containers": changes}), "scale")
+        elif self.status(app) == FAILED:
+            self._follow(app, self._post(app, "restart", {"scope": None}), "restart")
+        # else: already scaled as wanted and booting: the lifecycle waits for it
+
+    def stop(self, app: AppInfo) -> dict | None:
+        """Scale every type that has containers to 0; return the formation it had."""
+        formation = self._formation(app)
+        memo = {"containers": [_entry(c) for c in formation]}
+        to_zero = [{"name": c["name"], "amount": 0} for c in formation if c["amount"] > 0]
+        if not to_zero:
+            return None  # already at 0: keep whatever formation was remembered before
+        response = self._post(app, "scale", {"containers": to_zero})
+        try:
+            self._follow(app, response, "scale")
+        except ProviderError as error:
+            # The scale was accepted: the formation is what must not be lost, the next idle check sees the rest.
+            log.warning("%s: scaling %s down was accepted but did not finish cleanly: %s", NAME, app.key, error.message)
+        return memo
+
+    def upstream_url(self, app: AppInfo) -> str:
+        url = app.upstream_url or self._app(app).get("url")
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+            raise ProviderError(NAME, app.name, "the app has no URL")
+        return url
+
+    def ready_path(self, app: AppInfo) -> str | None:
+        return None
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _client(self, app: AppInfo) -> ApiClient:
+        return self.clients.get(app.region or "") or next(iter(self.clients.values()))
+
+    def _path(self, app: AppInfo, suffix: str = "") -> str:
+        return f"/v1/apps/{quote(app.name, safe='')}{suffix}"
+
+    def _app(self, app: AppInfo) -> dict[str, Any]:
+        response = self._client(app).call("GET", self._path(app), "get_app", app.name, auth=self.bearer)
+        body = _json(response, "get_app", app.name).get("app")
+        if not isinstance(body, dict):
+            raise ProviderError(NAME, app.name, "get_app: unexpected answer")
+        return body
+
+    def _formation(self, app: AppInfo) -> list[dict[str, Any]]:
+        path = self._path(app, "/containers")
+        response = self._client(app).call("GET", path, "get_formation", app.name, auth=self.bearer)
+        containers = _json(response, "get_formation", app.name).get("containers")
+        if not isinstance(containers, list) or not all(_is_formation_entry(c) for c in containers):
+            raise ProviderError(NAME, app.name, "get_formation: unexpected answer")
+        return containers
+
+    def _post(self, app: AppInfo, action: str, body: dict[str, Any]) -> requests.Response:
+        path = self._path(app, f"/{action}")
+        return self._client(app).call("POST", path, action, app.name, json=body, auth=self.bearer)
+
+    def _follow(self, app: AppInfo, response: requests.Response, what: str) -> None:
+        """Poll the 202's operation until ``done`` or ``error``, slowing down as it lasts (the quota is small).
+
+        Only the operation id is taken from ``Location``: the bearer never goes to a host we were not configured with.
+        """
+        location = response.headers.get("Location")
+        if response.status_code != 202 or not location:
+            return  # 200 without an operation: already applied (e.g. an app never deployed)
+        operation_id = urlsplit(location).path.rstrip("/").rsplit("/", 1)[-1]
+        path = self._path(app, f"/operations/{quote(operation_id, safe='')}")
+        deadline = time.monotonic() + self.operation_timeout
+        delay = FIRST_OPERATION_POLL
+        while True:
+            time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+            reply = self._client(app).call("GET", path, "get_operation", app.name, auth=self.bearer)
+            operation = _json(reply, "get_operation", app.name).get("operation") or {}
+            state = operation.get("status")
+            if state == "done":
+                return
+            if state == "error":
+                detail = operation.get("error") or "no detail given"
+                raise ProviderError(NAME, app.name, f"{what} operation failed: {detail}")
+            if time.monotonic() >= deadline:
+                raise ProviderError(NAME, app.name, f"{what} operation still {state} after {self.operation_timeout:g}s")
+            delay = min(delay * 1.5, self.poll_interval)
+
+
+def formation_from_memo(memo: Any) -> list[dict[str, Any]] | None:
+    """The formation :meth:`ScalingoProvider.stop` remembered, if it is usable (it went through Redis)."""
+    containers = memo.get("containers") if isinstance(memo, dict) else None
+    if not isinstance(containers, list) or not all(_is_formation_entry(c) for c in containers):
+        return None
+    wanted = [_entry(c) for c in containers]
+    return wanted if any(entry["amount"] > 0 for entry in wanted) else None
+
+
+def _is_formation_entry(raw: Any) -> bool:
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str) or not raw["name"]:
+        return False
+    amount = raw.get("amount")
+    return isinstance(amount, int) and not isinstance(amount, bool) and amount >= 0
+
+
+def _entry(container: dict[str, Any]) -> dict[str, Any]:
+    entry = {"name": container["name"], "amount": container["amount"]}
+    if isinstance(container.get("size"), str) and container["size"]:
+        entry["size"] = container["size"]
+    return entry
+
+
+def _app_info(raw: Any, region: str) -> AppInfo | None:
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        return None
+    name = raw["name"]
+    if not is_valid_app_key(name):
+        log.warning("%s: skipping app %r: its name is not a valid host label", NAME, name)
+        return None
+    url = raw.get("url") or raw.get("base_url")
+    status = STATUSES.get(str(raw.get("status")), UNKNOWN)
+    return AppInfo(
+        key=name.lower(), name=name, upstream_url=url if isinstance(url, str) else None, status=status, region=region
+    )
+
+
+def _json(response: requests.Response, operation: str, app: str | None = None) -> dict[str, Any]:
+    """Scalingo always answers a JSON object with a root key; anything else is reported, not trusted."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ProviderError(NAME, app, f"{operation}: the answer is not a JSON object")
+    return body
