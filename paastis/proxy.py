@@ -12,14 +12,18 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from contextvars import ContextVar
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 from flask import Blueprint, Flask, Request, Response, current_app, request
+from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NewConnectionError
 from urllib3.util import SKIP_HEADER
+from urllib3.util.url import _encode_target
 
 from .lifecycle import Lifecycle, WakeError
 from .providers import AppInfo
@@ -57,6 +61,37 @@ class PassThroughResponse(Response):
     default_mimetype = None
 
 
+_RAW_TARGET: ContextVar[str | None] = ContextVar("paastis_raw_target", default=None)
+
+
+class _RawTargetPool:
+    """Sends the request target exactly as the client wrote it.
+
+    urllib3 normalises targets (upper-cases percent-encodings, escapes a stray ``%``);
+    the pool puts the original back when it is the same request (same normalised form).
+    """
+
+    def _make_request(self, conn, method, url, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raw = _RAW_TARGET.get()
+        if raw is not None and _encode_target(raw) == url:
+            url = raw
+        return super()._make_request(conn, method, url, *args, **kwargs)  # type: ignore[misc]
+
+
+class _RawHTTPPool(_RawTargetPool, HTTPConnectionPool):
+    pass
+
+
+class _RawHTTPSPool(_RawTargetPool, HTTPSConnectionPool):
+    pass
+
+
+class _RawTargetAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _RawHTTPPool, "https": _RawHTTPSPool}
+
+
 class Proxy:
     """The streaming HTTP client side, with one pooled session shared by all threads."""
 
@@ -68,9 +103,25 @@ class Proxy:
         self.session.trust_env = False  # no proxies or .netrc credentials from the environment
         self.session.headers.clear()  # send only what the client sent
         self.session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))  # never keep cookies
-        adapter = requests.adapters.HTTPAdapter(pool_connections=32, pool_maxsize=64)
+        adapter = _RawTargetAdapter(pool_connections=32, pool_maxsize=64)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+
+    def send(self, method: str, upstream: str, target: str, headers: dict[str, str], body: Any) -> requests.Response:
+        """Send one request, streaming both ways, without following redirects.
+
+        The URL is set after preparation because requests would otherwise "requote" the
+        path (decoding ``%2e`` into ``.``, for instance): the app must see what the client sent.
+        """
+        prepared = self.session.prepare_request(requests.Request(method, upstream + "/", headers=headers, data=body))
+        prepared.url = upstream + target
+        reset = _RAW_TARGET.set(target)
+        try:
+            return self.session.send(
+                prepared, stream=True, allow_redirects=False, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)
+            )
+        finally:
+            _RAW_TARGET.reset(reset)
 
     def close(self) -> None:
         self.session.close()
@@ -273,15 +324,7 @@ def forward(lifecycle: Lifecycle, proxy: Proxy, app: AppInfo) -> Response:
     for attempt in (1, 2):
         upstream = lifecycle.upstream_url(app)
         try:
-            response = proxy.session.request(
-                request.method,
-                upstream + target,
-                headers=request_headers(request, upstream),
-                data=body,
-                stream=True,
-                allow_redirects=False,
-                timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
-            )
+            response = proxy.send(request.method, upstream, target, request_headers(request, upstream), body)
             break
         except requests.ConnectionError as error:
             refused = _never_connected(error)
