@@ -133,6 +133,7 @@ class ScalingoPlatform:
         self.refused_exchanges = 0
         self.unauthorized = 0  # regional calls refused for a missing, bad or expired bearer
         self.revoked: set[str] = set()
+        self.refuse_all_bearers = False  # as when the account is suspended: fresh bearers fail too
         self.issued: list[str] = []
         self.lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -219,8 +220,8 @@ class ScalingoPlatform:
             return "invalid token"
         if not hmac.compare_digest(signature, expected):
             return "invalid token"
-        if token in self.revoked:
-            return "token revoked"
+        if token in self.revoked or self.refuse_all_bearers:
+            return "not authenticated"
         if time.time() >= float(claims["exp"]):
             return "token expired"
         return None

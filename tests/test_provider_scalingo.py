@@ -1,0 +1,320 @@
+"""The Scalingo provider against a fake of its auth service and regional APIs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from paastis.config import ConfigError, Settings
+from paastis.metrics import Metrics
+from paastis.providers import FAILED, RUNNING, STARTING, STOPPED, AppInfo, AppNotFound, ProviderAuthError, ProviderError
+from paastis.providers.scalingo import ScalingoProvider, jwt_lifetime, regional_urls
+from tests.fakes.scalingo_api import ScalingoPlatform
+from tests.support import wait_until
+
+
+@pytest.fixture
+def platforms() -> Iterator[Callable[..., ScalingoPlatform]]:
+    made: list[ScalingoPlatform] = []
+
+    def make(**kwargs) -> ScalingoPlatform:
+        made.append(ScalingoPlatform(**kwargs))
+        return made[-1]
+
+    yield make
+    for platform in made:
+        platform.close()
+
+
+def settings_for(platform: ScalingoPlatform, **extra: str) -> Settings:
+    env = {
+        "PROVIDER_NAME": "scalingo",
+        "PROVIDER_SCALINGO_API_TOKEN": platform.api_token,
+        "PROVIDER_REGION": platform.region_names,
+        "PROVIDER_SCALINGO_API_URL": platform.api_urls,
+        "PROVIDER_SCALINGO_AUTH_URL": platform.auth.url,
+        "PROVIDER_SCALINGO_OPERATION_TIMEOUT": "20",
+        **extra,
+    }
+    return Settings.from_env(env)
+
+
+def provider_for(platform: ScalingoPlatform, metrics: Metrics | None = None, **extra: str) -> ScalingoProvider:
+    return ScalingoProvider.from_settings(settings_for(platform, **extra), {}, metrics or Metrics())
+
+
+def listed(provider: ScalingoProvider, key: str) -> AppInfo:
+    return next(app for app in provider.list_apps() if app.key == key)
+
+
+def calls(metrics: Metrics, operation: str, outcome: str) -> float:
+    return metrics.provider_calls.labels("scalingo", operation, outcome)._value.get()
+
+
+# -- settings ----------------------------------------------------------------------
+
+
+def test_missing_api_token_stops_start_up_naming_the_variable():
+    settings = Settings.from_env({"PROVIDER_NAME": "scalingo"})
+    with pytest.raises(ConfigError, match="PROVIDER_SCALINGO_API_TOKEN is required"):
+        ScalingoProvider.from_settings(settings, {}, Metrics())
+
+
+def test_regional_urls_default_per_region_and_overrides():
+    assert regional_urls(["osc-fr1", "osc-secnum-fr1"], None) == {
+        "osc-fr1": "https://api.osc-fr1.scalingo.com",
+        "osc-secnum-fr1": "https://api.osc-secnum-fr1.scalingo.com",
+    }
+    assert regional_urls(["osc-fr1"], "http://proxy:8080/") == {"osc-fr1": "http://proxy:8080"}
+    assert regional_urls(["a", "b"], "http://p/{region}") == {"a": "http://p/a", "b": "http://p/b"}
+    assert regional_urls(["a", "b"], "http://one, http://two") == {"a": "http://one", "b": "http://two"}
+    with pytest.raises(ConfigError, match="1 URL\\(s\\) for 2 region\\(s\\)"):
+        regional_urls(["a", "b"], "http://one")
+    with pytest.raises(ConfigError, match="not an http\\(s\\) URL"):
+        regional_urls(["a"], "ftp://one")
+
+
+def test_bad_region_name_is_a_config_error():
+    settings = Settings.from_env({"PROVIDER_SCALINGO_API_TOKEN": "tk", "PROVIDER_REGION": "osc-fr1,../x"})
+    with pytest.raises(ConfigError, match="PROVIDER_REGION: '../x'"):
+        ScalingoProvider.from_settings(settings, {}, Metrics())
+
+
+def test_jwt_lifetime_reads_exp_and_iat():
+    def token(claims: dict) -> str:
+        import base64
+
+        payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+        return f"e30.{payload}.sig"
+
+    assert jwt_lifetime(token({"iat": 1000, "exp": 4600})) == 3600
+    assert 59 < jwt_lifetime(token({"exp": time.time() + 60})) <= 60
+    assert jwt_lifetime("not-a-jwt") is None
+    assert jwt_lifetime(token({"iat": 1000})) is None
+
+
+# -- auth --------------------------------------------------------------------------
+
+
+def test_token_is_exchanged_once_and_every_call_carries_the_bearer(platforms):
+    platform = platforms()
+    platform.add_app("shop")
+    provider = provider_for(platform)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: provider.list_apps(), range(8)))
+    assert all([app.key for app in apps] == ["shop"] for apps in results)
+    assert platform.exchanges == 1  # concurrent callers waited for one exchange
+    assert platform.unauthorized == 0
+    assert platform.refused_exchanges == 0
+
+
+def test_bearer_is_renewed_before_it_expires(platforms):
+    platform = platforms(bearer_ttl=2.0)
+    platform.add_app("shop")
+    provider = provider_for(platform)
+    provider.list_apps()
+    first_expiry = time.time() + 2.0
+    wait_until(lambda: time.time() > first_expiry, 5, what="the first bearer to expire")
+    assert listed(provider, "shop").status == STOPPED
+    assert platform.exchanges == 2
+    assert platform.unauthorized == 0  # renewed from its exp, not after a refusal
+
+
+def test_refused_bearer_is_renewed_once_and_the_call_retried(platforms):
+    platform = platforms()
+    app = platform.add_app("shop", running=True)
+    provider = provider_for(platform)
+    shop = listed(provider, "shop")
+    platform.revoke_bearers()
+    assert provider.status(shop) == RUNNING
+    assert platform.unauthorized == 1
+    assert platform.exchanges == 2
+    memo = provider.stop(shop)  # a write after renewal works too
+    assert memo == {"containers": [{"name": "web", "amount": 1, "size": "M"}]}
+    assert app.amounts() == {"web": 0}
+
+
+def test_refused_api_token_logs_one_clear_line_and_does_not_storm(platforms, caplog):
+    platform = platforms()
+    platform.add_app("shop")
+    provider = provider_for(platform, PROVIDER_SCALINGO_API_TOKEN="tk-us-wrong")
+    caplog.set_level(logging.ERROR)
+    for _ in range(5):
+        with pytest.raises(ProviderAuthError):
+            provider.list_apps()
+    lines = [r.getMessage() for r in caplog.records if "PROVIDER_SCALINGO_API_TOKEN" in r.getMessage()]
+    assert len(lines) == 1
+    assert lines[0].startswith("scalingo refused our credentials (401: invalid token)")
+    assert "tk-us-wrong" not in caplog.text
+    assert platform.refused_exchanges == 1  # the next calls failed fast, without asking again
+    assert platform.calls("GET", "/v1/apps") == 0
+
+
+def test_bearer_refused_twice_is_an_auth_error_without_retry_storm(platforms, caplog):
+    platform = platforms()
+    platform.add_app("shop")
+    provider = provider_for(platform)
+    shop = listed(provider, "shop")
+    platform.refuse_all_bearers = True
+    caplog.set_level(logging.ERROR)
+    with pytest.raises(ProviderAuthError, match="credentials refused \\(401\\)"):
+        provider.status(shop)
+    assert platform.calls("GET", "/v1/apps/shop") == 2  # the call, then one retry with a new bearer
+    assert platform.exchanges == 2
+    assert "check PROVIDER_SCALINGO_API_TOKEN" in caplog.text
+
+
+# -- formation -----------------------------------------------------------------------
+
+
+def test_formation_is_remembered_on_stop_and_restored_exactly(platforms):
+    platform = platforms()
+    formation = {"web": (3, "L"), "worker": (0, "S"), "clock": (1, "S")}
+    app = platform.add_app("shop", formation=formation, running=True)
+    provider = provider_for(platform)
+    shop = listed(provider, "shop")
+    assert shop.status == RUNNING and shop.upstream_url == app.process.url
+
+    memo = provider.stop(shop)
+    assert app.amounts() == {"web": 0, "worker": 0, "clock": 0}
+    assert provider.status(shop) == STOPPED
+    assert not app.process.running
+    assert platform.calls("POST", "/v1/apps/shop/scale") == 1
+
+    memo = json.loads(json.dumps(memo))  # as the Redis registry keeps it
+    provider.start(shop, memo)
+    assert app.amounts() == {"web": 3, "worker": 0, "clock": 1}  # the worker at 0 stays at 0
+    assert app.formation["web"]["size"] == "L"
+    assert provider.status(shop) == RUNNING
+    assert app.process.answering  # start returned once the operation was done
+    assert platform.calls("GET", "/v1/apps/shop/operations/.*") >= 2
+
+
+def test_start_without_memo_scales_web_to_one(platforms):
+    platform = platforms()
+    app = platform.add_app("blog", formation={"web": (2, "M"), "worker": (1, "M")})
+    provider = provider_for(platform)
+    provider.start(listed(provider, "blog"), None)
+    assert app.amounts() == {"web": 1, "worker": 0}
+
+
+def test_stop_of_an_app_already_at_zero_keeps_the_old_memo(platforms):
+    platform = platforms()
+    platform.add_app("blog")
+    provider = provider_for(platform)
+    assert provider.stop(listed(provider, "blog")) is None  # the lifecycle keeps what it remembered
+    assert platform.calls("POST", "/v1/apps/blog/scale") == 0
+
+
+def test_unusable_memo_falls_back_to_web_one(platforms):
+    platform = platforms()
+    app = platform.add_app("blog", formation={"web": (1, "M")})
+    provider = provider_for(platform)
+    provider.start(listed(provider, "blog"), {"formation": "web=3"})
+    assert app.amounts() == {"web": 1}
+
+
+def test_crashed_app_fails_fast_with_the_operation_error(platforms):
+    platform = platforms()
+    platform.add_app("broken", crash=True)
+    provider = provider_for(platform)
+    broken = listed(provider, "broken")
+    started = time.monotonic()
+    with pytest.raises(ProviderError, match="scale operation failed: container web-1 crashed at boot") as error:
+        provider.start(broken, None)
+    assert time.monotonic() - started < 5
+    assert error.value.status == 502 and error.value.app == "broken"
+    assert provider.status(broken) == FAILED
+    with pytest.raises(ProviderError, match="restart operation failed"):
+        provider.start(broken, None)  # web is already at 1: a crashed app is restarted, not rescaled
+    assert platform.calls("POST", "/v1/apps/broken/restart") == 1
+
+
+def test_statuses_are_mapped(platforms):
+    platform = platforms()
+    app = platform.add_app("shop")
+    provider = provider_for(platform)
+    shop = listed(provider, "shop")
+    expected = {"running": RUNNING, "stopped": STOPPED, "new": STARTING, "booting": STARTING}
+    expected.update({"restarting": STARTING, "scaling": STARTING, "crashed": FAILED, "weird": "unknown"})
+    for scalingo_status, status in expected.items():
+        app.status = scalingo_status
+        assert provider.status(shop) == status, scalingo_status
+
+
+def test_unknown_app_is_app_not_found(platforms):
+    platform = platforms()
+    provider = provider_for(platform)
+    with pytest.raises(AppNotFound):
+        provider.status(AppInfo(key="ghost", name="ghost", region="osc-fr1"))
+
+
+def test_never_deployed_app_answers_200_without_operation(platforms):
+    platform = platforms()
+    app = platform.add_app("fresh")
+    app.deployed = False
+    provider = provider_for(platform)
+    provider.start(listed(provider, "fresh"), None)
+    assert app.amounts() == {"web": 1}
+    assert platform.calls("GET", "/v1/apps/fresh/operations/.*") == 0
+
+
+# -- regions and rate limits -----------------------------------------------------------
+
+
+def test_apps_of_every_region_are_listed_and_managed_in_their_region(platforms):
+    platform = platforms(regions=("osc-fr1", "osc-secnum-fr1"))
+    platform.add_app("shop", region="osc-fr1")
+    secure = platform.add_app("vault", region="osc-secnum-fr1")
+    provider = provider_for(platform)
+    apps = {app.key: app for app in provider.list_apps()}
+    assert {key: app.region for key, app in apps.items()} == {"shop": "osc-fr1", "vault": "osc-secnum-fr1"}
+    provider.start(apps["vault"], None)
+    assert secure.amounts() == {"web": 1}
+    assert platform.regions["osc-secnum-fr1"].count("POST", "/v1/apps/vault/scale") == 1
+    assert platform.regions["osc-fr1"].count("POST", "/v1/apps/vault/scale") == 0
+    assert platform.exchanges == 1  # one bearer for the whole account
+
+
+def test_one_region_failing_fails_the_listing(platforms):
+    platform = platforms(regions=("osc-fr1", "osc-secnum-fr1"))
+    platform.add_app("shop")
+    provider = provider_for(platform)
+    platform.regions["osc-secnum-fr1"].stop()
+    with pytest.raises(ProviderError, match="list_apps failed"):
+        provider.list_apps()
+
+
+def test_a_429_storm_is_waited_out(platforms, caplog):
+    platform = platforms()
+    platform.add_app("shop")
+    metrics = Metrics()
+    provider = provider_for(platform, metrics)
+    provider.list_apps()
+    platform.storm(2.0)
+    started = time.monotonic()
+    caplog.set_level(logging.WARNING)
+    assert [app.key for app in provider.list_apps()] == ["shop"]
+    assert time.monotonic() - started >= 1.9
+    assert platform.storm_rejected >= 2
+    assert calls(metrics, "list_apps", "rate_limited") == platform.storm_rejected
+    assert "scalingo: rate limited on list_apps" in caplog.text
+
+
+def test_calls_never_exceed_the_budget(platforms):
+    # 600/min here (the fake enforces the same) so that the test takes seconds, not minutes.
+    platform = platforms(rate_limit=600)
+    platform.add_app("shop")
+    provider = provider_for(platform, PROVIDER_SCALINGO_RATE_LIMIT="600")
+    shop = listed(provider, "shop")
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: provider.status(shop), range(130)))
+    elapsed = time.monotonic() - started
+    assert platform.limit.rejected == 0
+    assert elapsed >= 2.5  # a burst of 100, then 500/min: the last 30 waited for the bucket
