@@ -258,11 +258,11 @@ class Lifecycle:
 
     def _start(self, app: AppInfo, reason: str, deadline: float) -> None:
         policy = self.rules.policy(app.key)
-        if not policy.managed:
-            raise NotManaged(app.key, f"app {app.key!r} is not running and is not managed by paastis")
         if self._ready(app, self.provider.status(app)):
             self._register(app, reason, ev.APP_REGISTERED)
             return
+        if not policy.managed:
+            raise NotManaged(app.key, f"app {app.key!r} is not running and is not managed by paastis")
         started = time.monotonic()
         self.hooks.run("before_start", policy.hooks.get("before_start"), app.name, reason)
         log.info("starting %s (%s)", app.key, reason)
@@ -335,8 +335,8 @@ class Lifecycle:
 
     def _sync(self, app: AppInfo) -> None:
         """Register running apps we did not know; forget those found stopped."""
-        if not self.rules.policy(app.key).managed or app.key in self._flights:
-            return
+        if app.key in self._flights:
+            return  # unmanaged apps are registered too (so requests reach them), but never stopped
         try:
             status = app.status or self.provider.status(app)
         except ProviderError as error:

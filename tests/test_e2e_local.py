@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -182,3 +183,21 @@ def test_blocking_strategy_never_answers_html(tmp_path, gunicorn_factory):
     response = paastis.get("/echo", headers={"Accept": "text/html"})
     assert response.status_code == 200
     assert response.json()["path"] == "/echo"
+
+
+def test_in_memory_registry_runs_one_worker_and_says_why(tmp_path, gunicorn_factory):
+    write_config(tmp_path, [demo_app(tmp_path)[0]])
+    paastis = gunicorn_factory({"WEB_CONCURRENCY": "3"})
+    assert paastis.get("/echo").status_code == 200
+    assert len(paastis.worker_pids()) == 1
+    assert "WEB_CONCURRENCY=3 ignored: the in-memory registry lives in one process" in paastis.logs()
+
+
+def test_json_logs_are_one_object_per_line(tmp_path, gunicorn_factory):
+    write_config(tmp_path, [demo_app(tmp_path)[0]])
+    paastis = gunicorn_factory({"LOG_FORMAT": "json"})
+    assert paastis.get("/echo").status_code == 200
+    records = [json.loads(line) for line in paastis.logs().splitlines() if line.startswith("{")]
+    messages = [record["message"] for record in records]
+    assert any(message.startswith("demo is ready after") for message in messages)
+    assert all(record["time"].endswith("+00:00") and record["level"] for record in records)
