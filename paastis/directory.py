@@ -47,7 +47,7 @@ class Directory:
         """The app a request key stands for: a rule's ``app_name``, else the key itself."""
         target = self.rules.policy(key).app_name
         app = self._find(key, target)
-        if app is None and self._stale():
+        if app is None and (self._stale() or self._gate.locked()):  # a refresh under way may bring it
             self._refresh_quietly()
             app = self._find(key, target)
         return app

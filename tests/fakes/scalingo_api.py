@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tests.fakes.platform import FakeApiServer, FixedWindowLimit, PlatformApp, Reply
+from tests.support import wait_until
 
 MAX_CONTAINERS = 10  # per process type, documented
 
@@ -160,6 +161,7 @@ class ScalingoPlatform:
         app = FakeScalingoApp(name, region, formation, boot_delay, crash)
         if running and app.web > 0:
             app.process.scale_up()
+            wait_until(lambda: app.process.answering, 15, what=f"{name} to boot")
         app.status = "running" if running else "stopped"
         self.apps[name] = app
         return app

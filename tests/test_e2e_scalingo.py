@@ -1,0 +1,137 @@
+"""End to end: real gunicorn with PROVIDER_NAME=scalingo, against the fake Scalingo and real app processes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.fakes.scalingo_api import ScalingoPlatform
+from tests.support import Gunicorn, wait_until, write_config
+
+FAST_IDLE = {"START_AND_STOP_MAX_IDLE_TIME": "0.02", "START_AND_STOP_CHECKING_INTERVAL": "2"}
+
+
+@pytest.fixture
+def platforms() -> Iterator[Callable[..., ScalingoPlatform]]:
+    made: list[ScalingoPlatform] = []
+
+    def make(**kwargs) -> ScalingoPlatform:
+        made.append(ScalingoPlatform(**kwargs))
+        return made[-1]
+
+    yield make
+    for platform in made:
+        platform.close()
+
+
+@pytest.fixture
+def paastis_for(tmp_path, gunicorn_factory) -> Callable[..., Gunicorn]:
+    def start(platform: ScalingoPlatform, **extra: str) -> Gunicorn:
+        write_config(tmp_path)
+        env = {
+            "PROVIDER_NAME": "scalingo",
+            "PROVIDER_SCALINGO_API_TOKEN": platform.api_token,
+            "PROVIDER_REGION": platform.region_names,
+            "PROVIDER_SCALINGO_API_URL": platform.api_urls,
+            "PROVIDER_SCALINGO_AUTH_URL": platform.auth.url,
+            "PROVIDER_SCALINGO_OPERATION_TIMEOUT": "30",
+            **extra,
+        }
+        return gunicorn_factory(env)
+
+    return start
+
+
+def echo(paastis: Gunicorn, app: str, **kwargs) -> dict:
+    response = paastis.get("/echo", host=f"{app}.localhost", **kwargs)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_running_app_is_discovered_put_to_sleep_and_woken_with_its_exact_formation(platforms, paastis_for):
+    platform = platforms()
+    shop = platform.add_app("shop", formation={"web": (3, "L"), "worker": (0, "S"), "clock": (1, "S")}, running=True)
+    paastis = paastis_for(platform, **FAST_IDLE)
+
+    wait_until(lambda: shop.status == "stopped", 20, what="the idle shop to be scaled to 0")
+    assert shop.amounts() == {"web": 0, "worker": 0, "clock": 0}
+    assert not shop.process.running
+    assert "stopping shop (idle)" in paastis.logs()
+
+    assert echo(paastis, "shop")["app"] == "shop"
+    assert shop.amounts() == {"web": 3, "worker": 0, "clock": 1}  # a worker at 0 stays at 0
+    assert shop.formation["web"]["size"] == "L"
+    assert platform.limit.rejected == 0  # the documented 60 requests/minute were never exceeded
+
+
+def test_stopped_app_is_woken_once_for_many_concurrent_requests(platforms, paastis_for):
+    platform = platforms()
+    blog = platform.add_app("blog", formation={"web": (2, "M"), "worker": (1, "M")}, boot_delay=1.0)
+    paastis = paastis_for(platform)
+    with ThreadPoolExecutor(20) as pool:
+        apps = list(pool.map(lambda _: echo(paastis, "blog")["app"], range(20)))
+    assert apps == ["blog"] * 20
+    assert platform.calls("POST", "/v1/apps/blog/scale") == 1
+    assert blog.amounts() == {"web": 1, "worker": 0}  # nothing remembered: web 1
+    assert paastis.get(host="ghost.localhost").status_code == 404
+
+
+def test_bearer_is_renewed_after_expiry_and_after_a_401(platforms, paastis_for):
+    platform = platforms(bearer_ttl=2.0)
+    for name in ("one", "two", "three"):
+        platform.add_app(name)
+    paastis = paastis_for(platform)
+    assert echo(paastis, "one")["app"] == "one"
+    assert platform.exchanges == 1
+    first_expiry = time.time() + 2.0
+    wait_until(lambda: time.time() > first_expiry, 5, what="the first bearer to expire")
+    assert echo(paastis, "two")["app"] == "two"
+    assert platform.exchanges >= 2
+    assert platform.unauthorized == 0  # renewed from its exp, before any refusal
+
+    platform.revoke_bearers()  # e.g. revoked on Scalingo's side
+    assert echo(paastis, "three")["app"] == "three"
+    assert platform.unauthorized == 1  # one refusal, then a new bearer: no retry storm
+    assert "PROVIDER_SCALINGO_API_TOKEN" not in paastis.logs()  # a renewed bearer is not an operator problem
+
+
+def test_a_429_storm_is_survived_by_requests_that_can_wait(platforms, paastis_for):
+    platform = platforms()
+    platform.add_app("warm", running=True)
+    shop = platform.add_app("shop", boot_delay=0.5)
+    paastis = paastis_for(platform)
+    assert echo(paastis, "warm")["app"] == "warm"  # the directory is filled
+
+    platform.storm(3.0)
+    with ThreadPoolExecutor(10) as pool:
+        apps = list(pool.map(lambda _: echo(paastis, "shop", timeout=60)["app"], range(10)))
+    assert apps == ["shop"] * 10
+    assert platform.storm_rejected >= 2
+    assert platform.calls("POST", "/v1/apps/shop/scale") == 1
+    assert shop.amounts() == {"web": 1}
+    assert "scalingo: rate limited" in paastis.logs()
+
+
+def test_crashing_app_is_a_quick_502_naming_provider_and_app(platforms, paastis_for):
+    platform = platforms()
+    platform.add_app("broken", crash=True)
+    platform.add_app("healthy")
+    paastis = paastis_for(platform)
+    response = paastis.get("/echo", host="broken.localhost", timeout=15)
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert "scalingo" in error and "broken" in error and "crashed at boot" in error
+    assert echo(paastis, "healthy")["app"] == "healthy"
+
+
+def test_apps_of_two_regions_are_served(platforms, paastis_for):
+    platform = platforms(regions=("osc-fr1", "osc-secnum-fr1"))
+    platform.add_app("shop", region="osc-fr1")
+    platform.add_app("vault", region="osc-secnum-fr1")
+    paastis = paastis_for(platform)
+    assert echo(paastis, "shop")["app"] == "shop"
+    assert echo(paastis, "vault")["app"] == "vault"
+    assert platform.regions["osc-secnum-fr1"].count("POST", "/v1/apps/vault/scale") == 1
