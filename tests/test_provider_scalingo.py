@@ -318,3 +318,12 @@ def test_calls_never_exceed_the_budget(platforms):
     elapsed = time.monotonic() - started
     assert platform.limit.rejected == 0
     assert elapsed >= 2.5  # a burst of 100, then 500/min: the last 30 waited for the bucket
+
+
+def test_idle_checks_that_would_spend_the_budget_are_warned_about(platforms, caplog):
+    platform = platforms(regions=("osc-fr1", "osc-secnum-fr1"))
+    caplog.set_level(logging.WARNING)
+    provider_for(platform, START_AND_STOP_CHECKING_INTERVAL="60")
+    assert "START_AND_STOP_CHECKING_INTERVAL" not in caplog.text
+    provider_for(platform, START_AND_STOP_CHECKING_INTERVAL="2")
+    assert "START_AND_STOP_CHECKING_INTERVAL=2s makes the idle checks alone spend 60 of the 60" in caplog.text

@@ -150,6 +150,20 @@ def rate_limiter(per_minute: float) -> RateLimiter:
     return RateLimiter(per_minute - burst, burst=burst)
 
 
+def warn_if_idle_checks_spend_the_budget(interval: float, regions: int, budget: float) -> None:
+    """Each idle check lists every region; checked too often, wakes would queue behind the listings."""
+    spent = regions * 60 / interval
+    if spent > budget / 2:
+        log.warning(
+            "%s: START_AND_STOP_CHECKING_INTERVAL=%gs makes the idle checks alone spend %.0f of the %.0f "
+            "API requests per minute allowed; wakes will wait for the rest (check less often)",
+            NAME,
+            interval,
+            spent,
+            budget,
+        )
+
+
 class ScalingoProvider:
     name = NAME
     poll_interval = 5.0  # status calls during a wake; readiness itself is probed on the app's URL
@@ -171,7 +185,9 @@ class ScalingoProvider:
         auth_url = env.get("PROVIDER_SCALINGO_AUTH_URL", DEFAULT_AUTH_URL)
         if urlsplit(auth_url).scheme not in ("http", "https") or not urlsplit(auth_url).hostname:
             raise ConfigError(f"PROVIDER_SCALINGO_AUTH_URL={auth_url!r} is not an http(s) URL")
-        limiter = rate_limiter(env.number("PROVIDER_SCALINGO_RATE_LIMIT", DEFAULT_RATE_LIMIT, minimum=1))
+        budget = env.number("PROVIDER_SCALINGO_RATE_LIMIT", DEFAULT_RATE_LIMIT, minimum=1)
+        warn_if_idle_checks_spend_the_budget(settings.checking_interval, len(regions), budget)
+        limiter = rate_limiter(budget)
         session = requests.Session()  # one pool for the auth service and every region
         session.headers["Accept"] = "application/json"
         auth = ApiClient(NAME, auth_url, metrics, TOKEN_HINT, session=session)
