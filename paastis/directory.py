@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 
 from .providers import AppInfo, Provider
 from .rules import Rules
@@ -33,6 +34,9 @@ class Directory:
         with self._lock:
             apps = self.provider.list_apps()
             self._by_key = {app.key: app for app in apps}
+            for app in apps:  # other labels an app answers to; a key always wins over another app's alias
+                for alias in app.aliases:
+                    self._by_key.setdefault(alias, app)
             self._by_name = {app.name: app for app in apps}
             self._refreshed_at = time.monotonic()
             return apps
@@ -41,7 +45,7 @@ class Directory:
         """The cached list, listing once if it was never filled."""
         if self._refreshed_at is None:
             self._refresh_quietly()
-        return list(self._by_key.values())
+        return [app for key, app in self._by_key.items() if key == app.key]
 
     def resolve(self, key: str) -> AppInfo | None:
         """The app a request key stands for: a rule's ``app_name``, else the key itself."""
@@ -58,10 +62,15 @@ class Directory:
             app = self._by_key.pop(key, None)
             if app is not None:
                 self._by_name.pop(app.name, None)
+                for alias in app.aliases:
+                    if self._by_key.get(alias) is app:
+                        del self._by_key[alias]
 
     def _find(self, key: str, target: str) -> AppInfo | None:
+        """A key renamed by a rule keeps its own key (its policy, its registry entry) over the target app."""
         if target != key:
-            return self._by_name.get(target) or self._by_key.get(target)
+            app = self._by_name.get(target) or self._by_key.get(target)
+            return replace(app, key=key) if app is not None else None
         return self._by_key.get(key)
 
     def _stale(self) -> bool:

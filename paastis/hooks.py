@@ -39,42 +39,45 @@ class HookRunner:
         self.strict = strict
         self.on_result = on_result
 
-    def run(self, hook: str, command: str | None, app: str, reason: str) -> bool:
+    def run(self, hook: str, command: str | None, app: str, reason: str, region: str | None = None) -> bool:
         """Run ``command`` if set; True when it succeeded (or there was nothing to run).
 
-        A failed ``before_*`` hook raises :class:`HookFailed` in strict mode.
+        A failed ``before_*`` hook raises :class:`HookFailed` in strict mode. ``region`` is
+        the app's own region when the provider knows it, else the configured one.
         """
         if not command:
             return True
-        ok = self._execute(hook, command, app, reason)
+        ok = self._execute(hook, command, app, reason, region or self.region)
         if self.on_result is not None:
             self.on_result(hook, ok)
         if not ok and self.strict and hook.startswith("before_"):
             raise HookFailed(f"{hook} hook failed for app {app!r} (HOOKS_STRICT=true)")
         return ok
 
-    def run_in_background(self, hook: str, command: str | None, app: str, reason: str) -> None:
+    def run_in_background(
+        self, hook: str, command: str | None, app: str, reason: str, region: str | None = None
+    ) -> None:
         """After-hooks must not hold the request that triggered them."""
         if command:
-            threading.Thread(target=self.run, args=(hook, command, app, reason), daemon=True).start()
+            threading.Thread(target=self.run, args=(hook, command, app, reason, region), daemon=True).start()
 
-    def _environment(self, hook: str, app: str, reason: str) -> dict[str, str]:
+    def _environment(self, hook: str, app: str, reason: str, region: str) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
             PAASTIS_APP_NAME=app,
             PAASTIS_HOOK=hook,
             PAASTIS_PROVIDER=self.provider,
-            PAASTIS_REGION=self.region,
+            PAASTIS_REGION=region,
             PAASTIS_REASON=reason,
         )
         return env
 
-    def _execute(self, hook: str, command: str, app: str, reason: str) -> bool:
+    def _execute(self, hook: str, command: str, app: str, reason: str, region: str) -> bool:
         started = time.monotonic()
         process = subprocess.Popen(
             command,
             shell=True,
-            env=self._environment(hook, app, reason),
+            env=self._environment(hook, app, reason, region),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -87,7 +90,7 @@ class HookRunner:
         except subprocess.TimeoutExpired:
             _kill_group(process)
             relay.join(timeout=1)
-            log.error("hook %s for app %s timed out after %.0fs and was killed", hook, app, self.timeout)
+            log.error("hook %s for app %s timed out after %gs and was killed", hook, app, self.timeout)
             return False
         relay.join(timeout=1)
         elapsed = time.monotonic() - started

@@ -97,9 +97,22 @@ def _check_rule(index: int, raw: Any) -> Rule:
     for name in ("app_name", "upstream_url"):
         if name in values and not isinstance(values[name], str):
             raise ConfigError(f"{where}: {name} must be a string")
+    url = values.get("upstream_url")
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: upstream_url must start with http:// or https://")
     if "ignore" in values and not isinstance(values["ignore"], bool):
         raise ConfigError(f"{where}: ignore must be true or false")
+    _check_group_refs(where, pattern, values)
     return Rule(index, pattern, values)
+
+
+def _check_group_refs(where: str, pattern: re.Pattern[str], values: dict[str, Any]) -> None:
+    """A ``$N`` beyond the pattern's groups would fail on some request: refuse it at start-up."""
+    texts = [values.get("app_name"), values.get("upstream_url"), *(values.get("linked_apps") or [])]
+    for text in filter(None, texts):
+        for ref in GROUP_REF.findall(text):
+            if int(ref) > pattern.groups:
+                raise ConfigError(f"{where}: ${ref} in {text!r} but the pattern has {pattern.groups} group(s)")
 
 
 def _name_matcher(items: tuple[str, ...], variable: str) -> re.Pattern[str] | None:
@@ -138,9 +151,10 @@ class Rules:
         for rule in self.rules:
             match = rule.pattern.fullmatch(key)
             if match:
-                merged.update(_substitute(rule.values, match))
-        hooks = dict(self.settings.hooks)
-        hooks.update(merged.get("hooks") or {})
+                values = _substitute(rule.values, match)
+                values["hooks"] = {**merged.get("hooks", {}), **values.get("hooks", {})}  # field by field
+                merged.update(values)
+        hooks = {**self.settings.hooks, **merged.get("hooks", {})}
         return AppPolicy(
             key=key,
             app_name=merged.get("app_name", key),

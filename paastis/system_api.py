@@ -1,0 +1,314 @@
+"""The admin API: look inside paastis and drive it, as a Flask blueprint behind a token.
+
+It is only registered when ``ROUTING_SYSTEM_API_ENABLED=true``, and a request only reaches
+it when it says ``PaastisProxyTarget: system`` (every other request is proxied before
+routing, see :func:`paastis.proxy.is_system_request`). The token comes in
+``PaastisProxySystemApiToken`` (the original header) or ``Authorization: Bearer``; it is
+compared in constant time and never logged. Manual starts and stops go through the same
+lifecycle as automatic ones, so they run the same hooks and record the same events.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST
+from werkzeug.exceptions import HTTPException
+
+from . import events as ev
+from .events import EventStoreUnavailable, instance_id
+from .lifecycle import WakeError
+from .providers import UNKNOWN, AppInfo, ProviderError
+from .proxy import is_system_request
+from .registry import utcnow
+from .routing import is_valid_app_key
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("system_api", __name__)
+
+PROCESS_STARTED = time.time()
+MAX_EVENTS = 1000
+
+
+class ApiError(Exception):
+    """An answer other than 200, with a message for the operator."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        self.message = message
+        super().__init__(message)
+
+
+def _paastis() -> Any:
+    return current_app.extensions["paastis"]
+
+
+def error(status: int, message: str) -> Response:
+    response = jsonify(error=message, status=status)
+    response.status_code = status
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def presented_token() -> str | None:
+    token = request.headers.get("PaastisProxySystemApiToken")
+    if token:
+        return token
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return value.strip() or None
+
+
+@bp.before_app_request
+def authenticate() -> Response | None:
+    """Runs after the proxy's hook, which only lets system requests through to routing."""
+    if not is_system_request(request):
+        return None
+    expected = _paastis().settings.system_api_token or ""
+    token = presented_token()
+    if token is None or not expected or not hmac.compare_digest(token.encode(), expected.encode()):
+        log.warning(
+            "system API: refused %s %s from %s: %s token",
+            request.method,
+            request.path,
+            request.remote_addr,
+            "missing" if token is None else "wrong",
+        )
+        response = error(401, "wrong or missing system API token")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="paastis"'
+        return response
+    return None
+
+
+@bp.app_errorhandler(ApiError)
+def api_error(exc: ApiError) -> Response:
+    return error(exc.status, exc.message)
+
+
+@bp.app_errorhandler(HTTPException)
+def http_error(exc: HTTPException) -> Response:
+    """Unknown routes and methods answer JSON too (only system requests ever reach routing)."""
+    return error(exc.code or 500, exc.description or exc.name)
+
+
+# -- apps ---------------------------------------------------------------------
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def app_name(raw: str) -> str:
+    name = raw.lower()
+    if not is_valid_app_key(name):
+        raise ApiError(400, "app name must be a DNS label (letters, digits, hyphens)")
+    return name
+
+
+def resolve(name: str) -> AppInfo:
+    try:
+        return _paastis().lifecycle.resolve(app_name(name))
+    except WakeError as exc:
+        raise ApiError(exc.status, exc.message) from None
+
+
+def status_of(app: AppInfo) -> str:
+    """The listing's status when it has one, else one status call (cheap for local apps)."""
+    if app.status:
+        return app.status
+    try:
+        return _paastis().provider.status(app)
+    except ProviderError as exc:
+        log.warning("system API: no status for %s: %s", app.key, exc)
+        return UNKNOWN
+
+
+def describe(app: AppInfo, status: str | None = None) -> dict[str, Any]:
+    paastis = _paastis()
+    policy = paastis.rules.policy(app.key)
+    entry = paastis.registry.get(app.key)
+    return {
+        "name": app.key,
+        "provider_app_name": app.name,
+        "region": app.region,
+        "status": status or status_of(app),
+        "managed": policy.managed,
+        "monitored": entry is not None,
+        "started_at": iso(entry.started_at) if entry else None,
+        "last_accessed_at": iso(entry.last_accessed_at) if entry else None,
+        "idle_seconds": round(entry.idle_seconds(utcnow()), 3) if entry else None,
+        "max_idle_time": policy.max_idle_time,
+        "linked_apps": list(policy.linked_apps),
+        "wake_strategy": policy.wake_strategy,
+        "requests_in_flight": paastis.registry.in_flight(app.key),
+        "starting": paastis.lifecycle.starting(app.key),
+    }
+
+
+def listed_apps() -> list[AppInfo]:
+    """The provider's apps, plus registered keys that a rule renames onto one of them."""
+    paastis = _paastis()
+    try:
+        apps = paastis.directory.refresh()
+    except ProviderError as exc:
+        raise ApiError(502, f"could not list apps: {exc}") from None
+    keys = {app.key for app in apps}
+    for entry in paastis.registry.all():
+        if entry.key not in keys:
+            alias = paastis.directory.resolve(entry.key)
+            if alias is not None:
+                apps.append(alias)
+    return sorted(apps, key=lambda app: app.key)
+
+
+@bp.get("/apps")
+def list_apps() -> Response:
+    return jsonify(apps=[describe(app) for app in listed_apps()])
+
+
+@bp.get("/apps/<name>")
+def show_app(name: str) -> Response:
+    return jsonify(describe(resolve(name)))
+
+
+@bp.delete("/apps")
+def forget_apps() -> Response:
+    """Forget the registry (paastis relearns what runs at the next idle check); no app is touched."""
+    registry = _paastis().registry
+    count = len(registry.all())
+    registry.clear()
+    log.info("system API: registry cleared (%d app(s) forgotten)", count)
+    return jsonify(forgotten=count)
+
+
+@bp.post("/apps/<name>/start")
+def start_app(name: str) -> Response:
+    paastis = _paastis()
+    app = resolve(name)
+    log.info("system API: start %s requested", app.key)
+    try:
+        paastis.lifecycle.ensure_awake(app, reason="manual")
+    except WakeError as exc:
+        raise ApiError(exc.status, exc.message) from None
+    paastis.registry.touch(app.key)
+    return jsonify(describe(app))
+
+
+@bp.post("/apps/<name>/stop")
+def stop_app(name: str) -> Response:
+    paastis = _paastis()
+    app = resolve(name)
+    if not paastis.rules.policy(app.key).managed:
+        raise ApiError(409, f"app {app.key!r} is not managed by paastis: it is never stopped")
+    log.info("system API: stop %s requested", app.key)
+    asked_at = utcnow()
+    if paastis.lifecycle.stop(app, "manual"):
+        return jsonify(describe(app))
+    failure = _stop_failure(app.key, asked_at)
+    if failure is not None:
+        raise ApiError(502, f"could not stop {app.key!r}: {failure}")
+    raise ApiError(409, f"another start or stop of {app.key!r} is under way; try again")
+
+
+def _stop_failure(key: str, since: datetime) -> str | None:
+    """Why our stop failed, as the lifecycle recorded it (its only report of the failure)."""
+    try:
+        failed = _paastis().events.query(app=key, type=ev.APP_STOP_FAILED, since=since, limit=1)
+    except EventStoreUnavailable:
+        return None
+    return (failed[0].message or "stop failed") if failed else None
+
+
+# -- events, health, metrics -------------------------------------------------------
+
+
+def since_param(raw: str | None) -> datetime | None:
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.strip().replace(" ", "+"))  # an unencoded "+" arrives as a space
+    except ValueError:
+        raise ApiError(400, "since must be an ISO 8601 date, e.g. 2026-01-31T12:00:00Z") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def limit_param(raw: str | None) -> int:
+    if raw is None:
+        return 100
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_EVENTS:
+        raise ApiError(400, f"limit must be a whole number from 1 to {MAX_EVENTS}")
+    return int(raw)
+
+
+def type_param(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    if raw.upper() not in ev.EVENT_TYPES:
+        raise ApiError(400, f"type must be one of {', '.join(ev.EVENT_TYPES)}")
+    return raw.upper()
+
+
+@bp.get("/events")
+def list_events() -> Response:
+    args = request.args
+    app = app_name(args["app"]) if "app" in args else None
+    kind, since, limit = type_param(args.get("type")), since_param(args.get("since")), limit_param(args.get("limit"))
+    try:
+        found = _paastis().events.query(app=app, type=kind, since=since, limit=limit)
+    except EventStoreUnavailable as exc:
+        raise ApiError(503, f"event history unavailable: {exc}") from None
+    return jsonify(events=[event.to_json() for event in found], count=len(found))
+
+
+def _redis_state(paastis: Any) -> str:
+    settings = paastis.settings
+    if "redis" not in (settings.registry_type, settings.events_store_type):
+        return "not_used"
+    healthy = paastis.registry.healthy() and paastis.events.healthy()
+    return "ok" if healthy else "unreachable"
+
+
+def _provider_state(paastis: Any) -> dict[str, Any]:
+    try:
+        apps = paastis.directory.refresh()
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: this is the health check
+        return {"name": paastis.provider.name, "status": "unreachable", "error": str(exc)[:300]}
+    return {"name": paastis.provider.name, "status": "ok", "apps": len(apps)}
+
+
+@bp.get("/health")
+def health() -> Response:
+    paastis = _paastis()
+    redis_state = _redis_state(paastis)
+    provider = _provider_state(paastis)
+    healthy = redis_state != "unreachable" and provider["status"] == "ok"
+    response = jsonify(
+        status="ok" if healthy else "degraded",
+        process={
+            "pid": os.getpid(),
+            "instance": instance_id(),
+            "started_at": datetime.fromtimestamp(PROCESS_STARTED, UTC).isoformat(),
+            "uptime_seconds": round(time.time() - PROCESS_STARTED, 3),
+        },
+        redis=redis_state,
+        provider=provider,
+        leader=paastis.supervisor.leading,
+        registry_size=len(paastis.registry.all()),
+    )
+    response.status_code = 200 if healthy else 503
+    return response
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    paastis = _paastis()
+    paastis.metrics.registry_size.set(len(paastis.registry.all()))  # fresh, not as of the last idle check
+    return Response(paastis.metrics.render(), mimetype=None, headers={"Content-Type": CONTENT_TYPE_LATEST})
