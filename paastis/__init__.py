@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import redis
 from flask import Flask
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from . import logs
 from .config import ConfigError, Settings
 from .directory import Directory
-from .events import EventStore, InMemoryEventStore
+from .events import EventStore, InMemoryEventStore, RedisEventStore
 from .hooks import HookRunner
 from .lifecycle import Lifecycle
 from .metrics import Metrics
@@ -20,6 +23,7 @@ from .proxy import bp as proxy_blueprint
 from .registry import InMemoryRegistry, Registry
 from .rules import Rules, load_config_file
 from .supervisor import SoleLeader, Supervisor
+from .system_api import bp as system_api_blueprint
 
 __all__ = ["ConfigError", "Paastis", "Settings", "create_app"]
 
@@ -48,6 +52,7 @@ class Paastis:
         self.lifecycle.close()
         self.provider.close()
         self.registry.close()
+        self.events.close()
 
 
 def create_app(settings: Settings | None = None, *, start_supervisor: bool = False) -> Flask:
@@ -90,6 +95,8 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
         settings, metrics, rules, provider, registry, events, directory, lifecycle, supervisor, proxy
     )
     app.register_blueprint(proxy_blueprint)
+    if settings.system_api_enabled:
+        app.register_blueprint(system_api_blueprint)
     if start_supervisor:
         supervisor.start()
     log.info(
@@ -106,4 +113,14 @@ def build_registry(settings: Settings) -> Registry:
 
 
 def build_event_store(settings: Settings) -> EventStore:
-    return InMemoryEventStore(settings.events_max)
+    """In memory, or a Redis stream under the registry's prefix that every instance shares."""
+    if settings.events_store_type != "redis":
+        return InMemoryEventStore(settings.events_max)
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_socket_timeout,
+        socket_connect_timeout=settings.redis_socket_timeout,
+        retry=Retry(NoBackoff(), 0),  # fail fast: history must never hold a request
+        decode_responses=True,
+    )
+    return RedisEventStore(client, f"{settings.redis_prefix}events", settings.events_max)

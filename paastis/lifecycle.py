@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import requests
 
@@ -113,7 +113,8 @@ class Lifecycle:
         return (policy.upstream_url or app.upstream_url or self.provider.upstream_url(app)).rstrip("/")
 
     def is_awake(self, app: AppInfo) -> bool:
-        return self.registry.get(app.key) is not None and app.key not in self._flights
+        """``app`` and every app it links to are registered and not being started or stopped."""
+        return all(self.registry.get(m.key) is not None and m.key not in self._flights for m in self.group(app))
 
     def group(self, app: AppInfo) -> list[AppInfo]:
         """``app`` and every app it links to, transitively; cycles end, each app once."""
@@ -166,17 +167,30 @@ class Lifecycle:
 
     def check_idle(self) -> None:
         """One tick: sync the registry with the provider's list, then stop idle apps."""
-        apps = self.directory.refresh()
-        listed = {app.key: app for app in apps}
-        for app in apps:
+        listed = self._tracked(self.directory.refresh())
+        for app in listed.values():
             self._sync(app)
         for entry in self.registry.all():
             app = listed.get(entry.key)
             if app is None:
-                self._unregister(entry.key, "idle", "the provider no longer lists it")
+                self._unregister(entry.key, "idle", "the provider no longer lists it (or a renamed key holds it)")
             elif self._idle(app):
                 self.stop(app, "idle")
         self.metrics.registry_size.set(len(self.registry.all()))
+
+    def _tracked(self, apps: list[AppInfo]) -> dict[str, AppInfo]:
+        """Listed apps by key, where a registered key renamed by a rule (``app_name``) stands for its app.
+
+        The renamed key carries the rule (idle time, links, hooks), so it alone tracks the app.
+        """
+        tracked = {app.key: app for app in apps}
+        by_name = {app.name: app for app in apps}
+        for entry in self.registry.all():
+            target = by_name.get(self.rules.policy(entry.key).app_name)
+            if entry.key not in tracked and target is not None:
+                tracked.pop(target.key, None)
+                tracked[entry.key] = replace(target, key=entry.key)
+        return tracked
 
     def stop(self, app: AppInfo, reason: str) -> bool:
         """Stop ``app`` unless something else is happening to it; True if it was stopped."""
@@ -264,7 +278,7 @@ class Lifecycle:
         if not policy.managed:
             raise NotManaged(app.key, f"app {app.key!r} is not running and is not managed by paastis")
         started = time.monotonic()
-        self.hooks.run("before_start", policy.hooks.get("before_start"), app.name, reason)
+        self.hooks.run("before_start", policy.hooks.get("before_start"), app.name, reason, app.region)
         log.info("starting %s (%s)", app.key, reason)
         self.provider.start(app, self.registry.recall(app.key))
         self._wait_ready(app, deadline)
@@ -273,7 +287,7 @@ class Lifecycle:
         self.metrics.wakes.labels(app.key, "success").inc()
         self.metrics.wake_duration.labels(app.key).observe(duration)
         log.info("%s is ready after %.2fs", app.key, duration)
-        self.hooks.run_in_background("after_start", policy.hooks.get("after_start"), app.name, reason)
+        self.hooks.run_in_background("after_start", policy.hooks.get("after_start"), app.name, reason, app.region)
 
     def _wait_ready(self, app: AppInfo, deadline: float) -> None:
         """Poll the provider (at its own pace) and the upstream until the app answers."""
@@ -310,7 +324,7 @@ class Lifecycle:
     def _stop(self, app: AppInfo, reason: str, hooks: dict[str, str]) -> bool:
         started = time.monotonic()
         try:
-            self.hooks.run("before_stop", hooks.get("before_stop"), app.name, reason)
+            self.hooks.run("before_stop", hooks.get("before_stop"), app.name, reason, app.region)
         except HookFailed as error:
             self._emit(ev.APP_STOP_FAILED, app.key, reason, message=str(error))
             return False
@@ -330,7 +344,7 @@ class Lifecycle:
         self._emit(ev.APP_STOPPED, app.key, reason, duration=time.monotonic() - started)
         if reason == "idle":
             self.metrics.idle_stops.labels(app.key).inc()
-        self.hooks.run_in_background("after_stop", hooks.get("after_stop"), app.name, reason)
+        self.hooks.run_in_background("after_stop", hooks.get("after_stop"), app.name, reason, app.region)
         return True
 
     def _sync(self, app: AppInfo) -> None:

@@ -20,6 +20,8 @@ class AppInfo:
     ``name`` is the provider's own identifier for API calls. They differ for Clever
     Cloud (``app-<uuid>`` vs ``app_<uuid>``) and when a rule maps a key to an app.
     ``status`` is filled when the listing already tells it (saves one call per app).
+    ``aliases`` are other host labels the app answers to (Clever Cloud: a slug of its
+    name); the registry, rules and events only ever see ``key``.
     """
 
     key: str
@@ -27,6 +29,7 @@ class AppInfo:
     upstream_url: str | None = None
     status: str | None = None
     region: str | None = None
+    aliases: tuple[str, ...] = ()
 
 
 class ProviderError(Exception):
