@@ -1,0 +1,153 @@
+"""Locks in Redis: one leader for the idle checks, one instance at a time per app.
+
+Leadership is ``SET key token NX PX ttl``. The holder renews it from its own thread every
+third of the TTL, so a long idle check (or a schedule longer than the TTL) never lets it
+lapse; it is released only by its holder (compare-and-delete), and the other workers try to
+take it at each tick, so a leader killed without a word is replaced within the TTL.
+
+The per-app lock makes waking and stopping single-flight across instances: the instance
+that holds it calls the provider, the others wait for its result (see ``Lifecycle``).
+While Redis is down nothing leads (no app is stopped), and apps are woken by each
+instance's own single-flight, which is the best that can be done without a shared store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis
+
+from .redis_link import RedisLink
+
+log = logging.getLogger(__name__)
+
+# Only the holder (the one that knows the token) may extend or delete a lock.
+RENEW_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class RedisLeadership:
+    """The :class:`~paastis.supervisor.Leadership` of one worker, through a lock in Redis."""
+
+    def __init__(self, link: RedisLink, ttl: float):
+        self.link = link
+        self.ttl_ms = max(1, int(ttl * 1000))
+        self.key = link.key("supervisor", "leader")
+        self.token = link.instance  # GET on the key tells an operator who leads
+        self._renew_script = link.client.register_script(RENEW_SCRIPT)
+        self._release_script = link.client.register_script(RELEASE_SCRIPT)
+        self._held = threading.Event()
+        self._stopping = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._held.is_set()
+
+    def hold(self) -> bool:
+        """Take the lock if it is free, or confirm that it is still ours."""
+        try:
+            ours = self._renew() if self.held else self._acquire()
+        except redis.RedisError as error:
+            self.link.failed(error)
+            self._lose("Redis is unreachable")
+            return False
+        self.link.succeeded()
+        if ours and not self.held:
+            log.info("leader: %s now holds %s", self.token, self.key)
+            self._held.set()
+            self._start_renewer()
+        elif not ours:
+            self._lose("another worker holds it")
+        return ours
+
+    def release(self) -> None:
+        self._stopping.set()
+        if not self.held:
+            return
+        self._held.clear()
+        try:
+            self._release_script(keys=[self.key], args=[self.token])
+            log.info("leader: %s released %s", self.token, self.key)
+        except redis.RedisError as error:
+            log.warning("leader: could not release %s (it expires by itself): %s", self.key, error)
+
+    def _acquire(self) -> bool:
+        if self.link.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
+            return True
+        return self._renew()  # still ours, from before an outage?
+
+    def _renew(self) -> bool:
+        return bool(self._renew_script(keys=[self.key], args=[self.token, self.ttl_ms]))
+
+    def _lose(self, why: str) -> None:
+        if self.held:
+            self._held.clear()
+            log.warning("leader: %s lost %s: %s", self.token, self.key, why)
+
+    def _start_renewer(self) -> None:
+        if self._renewer is None or not self._renewer.is_alive():
+            self._renewer = threading.Thread(target=self._renew_loop, name="paastis-leader", daemon=True)
+            self._renewer.start()
+
+    def _renew_loop(self) -> None:
+        """Renew every third of the TTL while we lead: two renewals may fail before the lock lapses."""
+        while self.held and not self._stopping.wait(self.ttl_ms / 3000):
+            if not self.held:
+                return
+            try:
+                if not self._renew():
+                    self._lose("it expired or was taken")
+                    return
+            except redis.RedisError as error:
+                self.link.failed(error)  # try again; the lock lapses if Redis stays away
+
+
+class ClusterLocks:
+    """``cluster_lock(key, ttl)`` for :class:`~paastis.lifecycle.Lifecycle`: a per-app lock in Redis.
+
+    Yields True when this instance holds the lock (or Redis is down: single-instance logic),
+    False when another instance holds it.
+    """
+
+    def __init__(self, link: RedisLink):
+        self.link = link
+        self._release_script = link.client.register_script(RELEASE_SCRIPT)
+
+    @contextmanager
+    def __call__(self, key: str, ttl: float) -> Iterator[bool]:
+        if self.link.down:
+            yield True
+            return
+        name = self.link.key("lock", key)
+        token = uuid.uuid4().hex
+        try:
+            acquired = bool(self.link.client.set(name, token, nx=True, px=max(1, int(ttl * 1000))))
+        except redis.RedisError as error:
+            self.link.failed(error)
+            yield True
+            return
+        if not acquired:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            try:
+                self._release_script(keys=[name], args=[token])
+            except redis.RedisError as error:
+                self.link.failed(error)  # it expires by itself

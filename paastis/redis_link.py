@@ -1,0 +1,111 @@
+"""One instance's connection to Redis, and what it knows about Redis being down.
+
+The registry, the leader lock and the per-app locks share it, so that an outage is
+noticed once, logged once (not once per request), and no request waits on a Redis that
+is known to be down: while it is down, callers on the request path skip Redis and use
+their local view, and a background thread probes it until it answers again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER = 1.0  # seconds between probes while Redis is down
+
+
+def redis_client(url: str, socket_timeout: float) -> redis.Redis:
+    """A client that fails fast: one attempt, short socket and connect timeouts.
+
+    redis-py retries three times by default, which would multiply the timeout a
+    request may spend on a Redis that is down.
+    """
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=True,
+        client_name="paastis",
+    )
+
+
+class RedisLink:
+    """A Redis client under a key prefix, with outage bookkeeping."""
+
+    def __init__(self, url: str, prefix: str, socket_timeout: float):
+        self.client = redis_client(url, socket_timeout)
+        self.prefix = prefix
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._on_reconnect: list[Callable[[], None]] = []
+
+    def key(self, *parts: str) -> str:
+        """A key in our namespace; nothing outside ``prefix`` is ever read or written."""
+        return self.prefix + ":".join(parts)
+
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` when Redis answers again after an outage (to re-sync state)."""
+        self._on_reconnect.append(callback)
+
+    def failed(self, error: Exception) -> None:
+        """Record a failed command; only the first failure of an outage is logged."""
+        with self._lock:
+            if self._down_since is not None:
+                return
+            self._down_since = time.monotonic()
+        log.warning(
+            "redis: unreachable (%s): serving from this instance's local view until it answers again",
+            _describe(error),
+        )
+
+    def succeeded(self) -> None:
+        """Record a command that worked; ends an outage (logged once) and re-syncs."""
+        if self._down_since is None:
+            return
+        with self._lock:
+            if self._down_since is None:
+                return
+            lasted = time.monotonic() - self._down_since
+            self._down_since = None
+        log.info("redis: reachable again after %.1fs: re-syncing this instance's state", lasted)
+        for callback in self._on_reconnect:
+            try:
+                callback()
+            except redis.RedisError as error:
+                self.failed(error)
+                return
+
+    def probe(self) -> bool:
+        """Ping Redis (from a background thread); True if it answers."""
+        try:
+            self.client.ping()
+        except redis.RedisError as error:
+            self.failed(error)
+            return False
+        self.succeeded()
+        return True
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _describe(error: Exception) -> str:
+    """redis-py's messages name host and port, never the URL's password."""
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

@@ -1,0 +1,281 @@
+"""The Redis registry and locks against a real Redis: each test under its own key prefix."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+
+from paastis.config import ConfigError, Settings
+from paastis.leader import ClusterLocks, RedisLeadership
+from paastis.redis_link import RedisLink
+from paastis.redis_registry import RedisRegistry
+from paastis.registry import RunningApp
+from tests.redis_support import SHARED_URL, RedisServer, delete_prefix, unique_prefix
+from tests.support import wait_until
+
+
+@pytest.fixture
+def prefix():
+    value = unique_prefix("unit")
+    yield value
+    delete_prefix(SHARED_URL, value)
+
+
+@pytest.fixture
+def make(prefix):
+    """Registries (one per simulated instance) on the shared Redis, closed after the test."""
+    made: list[RedisRegistry] = []
+
+    def build(url: str = SHARED_URL, **options) -> RedisRegistry:
+        registry = RedisRegistry(RedisLink(url, prefix, 0.5), **options)
+        made.append(registry)
+        return registry
+
+    yield build
+    for registry in made:
+        registry.close()
+
+
+@pytest.fixture
+def raw():
+    client = redis.Redis.from_url(SHARED_URL, decode_responses=True)
+    yield client
+    client.close()
+
+
+def an_app(key="demo", minutes_ago=0.0):
+    when = datetime.now(UTC) - timedelta(minutes=minutes_ago)
+    return RunningApp(key=key, started_at=when - timedelta(seconds=1), last_accessed_at=when)
+
+
+def test_instances_share_apps_and_read_back_equal_objects(make):
+    one, two = make(), make()
+    app = an_app("a", minutes_ago=3)
+    one.register(app)
+    one.register(an_app("b"))
+    assert two.get("a") == app
+    assert two.get("a").last_accessed_at.tzinfo is not None
+    assert {entry.key for entry in two.all()} == {"a", "b"}
+    two.unregister("a")
+    assert one.get("a") is None
+    assert [entry.key for entry in one.all()] == ["b"]
+
+
+def test_values_are_json_with_aware_iso_dates_under_the_prefix(make, prefix, raw):
+    registry = make()
+    registry.register(an_app("a"))
+    registry.remember("a", {"web": 2})
+    assert set(raw.scan_iter(match=prefix + "*")) == {
+        f"{prefix}registry:apps",
+        f"{prefix}registry:touched",
+        f"{prefix}registry:memos",
+    }
+    stored = raw.hget(f"{prefix}registry:apps", "a")
+    assert '"key": "a"' in stored and "+00:00" in stored
+    assert raw.hget(f"{prefix}registry:memos", "a") == '{"web": 2}'
+
+
+def test_touches_are_written_at_most_once_a_second_yet_recorded(make):
+    server_side, leader = make(flush_interval=0.3), make()
+    server_side.register(an_app("a", minutes_ago=60))
+    for _ in range(500):
+        server_side.touch("a")
+    assert leader.get("a").idle_seconds(datetime.now(UTC)) > 3000  # not written on the request path
+    wait_until(lambda: leader.get("a").idle_seconds(datetime.now(UTC)) < 5, 5, what="the flush of the last access")
+
+
+def test_touch_after_unregister_leaves_nothing_behind(make, prefix, raw):
+    registry = make(flush_interval=0.1)
+    registry.register(an_app("a"))
+    registry.unregister("a")
+    registry.touch("a")
+    registry.flush()
+    assert raw.hget(f"{prefix}registry:touched", "a") is None
+    assert registry.get("a") is None
+
+
+def test_in_flight_is_seen_by_other_instances_and_ends(make):
+    serving, leader = make(flush_interval=0.1, linger=0.2), make()
+    serving.register(an_app("a", minutes_ago=60))
+    tokens = [serving.begin_request("a") for _ in range(3)]
+    assert leader.in_flight("a") == 1  # one instance is serving it
+    assert serving.in_flight("a") == 3
+    for token in tokens:
+        serving.end_request("a", token)
+    wait_until(lambda: leader.in_flight("a") == 0, 5, what="the in-flight entry to be withdrawn")
+    assert leader.get("a").idle_seconds(datetime.now(UTC)) < 5  # the end of the requests counts as an access
+
+
+def test_a_long_request_keeps_its_entry_alive_past_the_ttl(make):
+    serving, leader = make(in_flight_ttl=0.6, flush_interval=0.1), make()
+    serving.register(an_app("a", minutes_ago=60))
+    token = serving.begin_request("a")
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:  # several TTLs: renewals must keep it
+        assert leader.in_flight("a") == 1
+        time.sleep(0.1)
+    serving.end_request("a", token)
+
+
+def test_a_crashed_instance_does_not_pin_an_app_awake(make):
+    crashed, leader = make(in_flight_ttl=0.5, flush_interval=0.1), make()
+    crashed.register(an_app("a", minutes_ago=60))
+    crashed.begin_request("a")
+    crashed._stopping.set()  # its flusher dies with it: no renewal, no withdrawal
+    crashed._thread.join()
+    assert leader.in_flight("a") == 1
+    wait_until(lambda: leader.in_flight("a") == 0, 3, what="the crashed instance's entry to expire")
+
+
+def test_steady_requests_cost_no_redis_command(tmp_path):
+    server = RedisServer(tmp_path).start()
+    registry = RedisRegistry(RedisLink(server.url, "p:", 0.5), flush_interval=60)
+    try:
+        registry.register(an_app("a"))
+        token = registry.begin_request("a")  # publishes once
+        before = server.data_commands()
+        for _ in range(200):
+            t = registry.begin_request("a")
+            assert registry.get("a") is not None
+            registry.touch("a")
+            registry.end_request("a", t)
+        after = server.data_commands()
+        assert after == before
+        registry.end_request("a", token)
+    finally:
+        registry.close()
+        server.stop()
+
+
+def test_memos_outlive_the_app_and_clear_keeps_them(make):
+    one, two = make(), make()
+    one.register(an_app("a"))
+    one.remember("a", {"web": 3, "worker": 1})
+    one.unregister("a")
+    two.clear()
+    assert one.recall("a") == {"web": 3, "worker": 1}
+    assert two.recall("missing") is None
+    assert one.all() == []
+
+
+def test_foreign_keys_are_never_touched(make, prefix, raw):
+    foreign = {
+        "other-program:key": "x",
+        prefix.rstrip(":"): "same name without the colon",
+        f"{prefix[:-1]}x:registry:apps": "a neighbour's",
+    }
+    for key, value in foreign.items():
+        raw.set(key, value, ex=60)
+    try:
+        registry = make(flush_interval=0.1)
+        registry.register(an_app("a"))
+        token = registry.begin_request("a")
+        registry.end_request("a", token)
+        registry.flush()
+        registry.clear()
+        for key, value in foreign.items():
+            assert raw.get(key) == value
+            assert raw.ttl(key) > 0
+    finally:
+        raw.delete(*foreign)
+
+
+def test_outage_serves_the_local_view_logs_once_and_recovers(tmp_path, caplog):
+    server = RedisServer(tmp_path).start()
+    registry = RedisRegistry(RedisLink(server.url, "p:", 0.3), flush_interval=0.1)
+    caplog.set_level(logging.INFO, logger="paastis")
+    try:
+        registry.register(an_app("a"))
+        assert registry.get("a") is not None
+        server.stop()
+        started = time.monotonic()
+        for _ in range(50):
+            token = registry.begin_request("a")
+            assert registry.get("a") is not None  # still proxied
+            registry.touch("a")
+            registry.end_request("a", token)
+        registry.register(an_app("woken-meanwhile"))
+        assert time.monotonic() - started < 2  # no request waits on a Redis known to be down
+        assert {app.key for app in registry.all()} == {"a", "woken-meanwhile"}
+        assert not registry.healthy()
+        unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
+        assert len(unreachable) == 1
+        server.start()  # empty: it lost everything
+        wait_until(registry.healthy, 5, what="the registry to reconnect")
+        assert any("reachable again" in r.getMessage() for r in caplog.records)
+        assert registry.get("a") is None  # Redis is the truth again (the leader re-registers running apps)
+    finally:
+        registry.close()
+        server.stop()
+
+
+def test_leadership_is_exclusive_renewed_and_released(prefix):
+    one = RedisLeadership(RedisLink(SHARED_URL, prefix, 0.5), ttl=0.6)
+    two = RedisLeadership(RedisLink(SHARED_URL, prefix, 0.5), ttl=0.6)
+    try:
+        assert one.hold() is True
+        assert two.hold() is False
+        time.sleep(1.5)  # a long idle check: hold() is not called, the renewal thread keeps the lock
+        assert two.hold() is False
+        assert one.hold() is True
+        one.release()
+        assert two.hold() is True
+    finally:
+        one.release()
+        two.release()
+
+
+def test_a_killed_leader_is_replaced_within_the_ttl(prefix):
+    dead = RedisLeadership(RedisLink(SHARED_URL, prefix, 0.5), ttl=0.8)
+    heir = RedisLeadership(RedisLink(SHARED_URL, prefix, 0.5), ttl=0.8)
+    try:
+        assert dead.hold()
+        dead._stopping.set()  # killed: no more renewals, no release
+        dead._renewer.join()
+        killed_at = time.monotonic()
+        wait_until(heir.hold, 3, interval=0.05, what="another worker to take over")
+        assert time.monotonic() - killed_at <= 0.8 + 0.2
+        assert dead.hold() is False  # compare-and-delete: it cannot take back or free what is not its own
+    finally:
+        heir.release()
+
+
+def test_cluster_lock_is_single_flight_across_instances(prefix):
+    one = ClusterLocks(RedisLink(SHARED_URL, prefix, 0.5))
+    two = ClusterLocks(RedisLink(SHARED_URL, prefix, 0.5))
+    with one("demo", 5) as first:
+        with two("demo", 5) as second:
+            assert (first, second) == (True, False)
+        with two("other", 5) as other:
+            assert other is True
+    with two("demo", 5) as after:
+        assert after is True
+
+
+def test_cluster_lock_falls_back_to_local_logic_while_redis_is_down(tmp_path):
+    server = RedisServer(tmp_path).start()
+    locks = ClusterLocks(RedisLink(server.url, "p:", 0.3))
+    server.stop()
+    with locks("demo", 5) as ours:
+        assert ours is True
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"REGISTRY_REDIS_URL": "redis://a", "REDIS_URL": "redis://b", "SCALINGO_REDIS_URL": "redis://c"}, "redis://a"),
+        ({"REDIS_URL": "redis://b", "SCALINGO_REDIS_URL": "redis://c"}, "redis://b"),
+        ({"REGISTRY_REDIS_URL": " ", "SCALINGO_REDIS_URL": "redis://c"}, "redis://c"),
+    ],
+)
+def test_redis_url_fallback(env, expected):
+    assert Settings.from_env({"REGISTRY_TYPE": "redis", **env}).redis_url == expected
+
+
+def test_redis_without_url_is_a_clear_error():
+    with pytest.raises(ConfigError, match="REGISTRY_REDIS_URL"):
+        Settings.from_env({"REGISTRY_TYPE": "redis"})
