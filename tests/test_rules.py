@@ -76,7 +76,10 @@ def test_every_matching_rule_applies_later_ones_winning_field_by_field():
 
 def test_a_rule_hook_replaces_the_global_one_for_its_apps_only():
     engine = rules(
-        [{"pattern": "api", "hooks": {"before_start": "./warm-cache"}}, {"pattern": "a.*", "hooks": {"after_stop": ""}}],
+        [
+            {"pattern": "api", "hooks": {"before_start": "./warm-cache"}},
+            {"pattern": "a.*", "hooks": {"after_stop": ""}},
+        ],
         HOOKS_BEFORE_START="./notify",
         HOOKS_AFTER_STOP="./bye",
     )
