@@ -15,14 +15,17 @@ from .config import ConfigError, Settings
 from .directory import Directory
 from .events import EventStore, InMemoryEventStore, RedisEventStore
 from .hooks import HookRunner
+from .leader import ClusterLocks, RedisLeadership
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .providers import Provider, build_provider
 from .proxy import Proxy
 from .proxy import bp as proxy_blueprint
+from .redis_link import RedisLink
+from .redis_registry import RedisRegistry
 from .registry import InMemoryRegistry, Registry
 from .rules import Rules, load_config_file
-from .supervisor import SoleLeader, Supervisor
+from .supervisor import Leadership, SoleLeader, Supervisor
 from .system_api import bp as system_api_blueprint
 
 __all__ = ["ConfigError", "Paastis", "Settings", "create_app"]
@@ -86,8 +89,9 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
         hooks,
         metrics,
         operation_timeout=settings.provider_operation_timeout(provider.name),
+        **({"cluster_lock": ClusterLocks(registry.link)} if isinstance(registry, RedisRegistry) else {}),
     )
-    supervisor = Supervisor(lifecycle, settings.checking_interval, SoleLeader(), metrics)
+    supervisor = Supervisor(lifecycle, settings.checking_interval, build_leadership(settings, registry), metrics)
     proxy = Proxy(lifecycle, metrics, lambda key: rules.policy(key).wake_strategy)
 
     app = Flask(__name__)
@@ -109,7 +113,18 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
 
 
 def build_registry(settings: Settings) -> Registry:
-    return InMemoryRegistry()
+    """In memory (one process), or in Redis (shared by every worker of every instance)."""
+    if settings.registry_type != "redis":
+        return InMemoryRegistry()
+    assert settings.redis_url is not None  # Settings refuses redis without a URL
+    return RedisRegistry(RedisLink(settings.redis_url, settings.redis_prefix, settings.redis_socket_timeout))
+
+
+def build_leadership(settings: Settings, registry: Registry) -> Leadership:
+    """Who runs the idle checks: the only process (in memory), or the holder of a lock in Redis."""
+    if isinstance(registry, RedisRegistry):
+        return RedisLeadership(registry.link, settings.supervisor_lock_ttl)
+    return SoleLeader()
 
 
 def build_event_store(settings: Settings) -> EventStore:

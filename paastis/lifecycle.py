@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 ROUTER_ERRORS = {502, 503, 504}  # what a PaaS router answers while an app is down or booting
 PROBE_INTERVAL = 0.1
 FAILURE_MEMORY = 10.0  # seconds a failed start stays on the waiting page before a reload retries
+CLUSTER_POLL_INTERVAL = 0.1  # seconds between looks at another instance's start or stop
 
 
 class WakeError(Exception):
@@ -202,9 +203,10 @@ class Lifecycle:
             flight.done.wait(self.operation_timeout)
             return False
         try:
-            if reason == "idle" and not self._idle(app):
-                return False
-            return self._stop(app, reason, policy.hooks)
+            with self.cluster_lock(app.key, self.operation_timeout + 30) as ours:
+                if not ours or (reason == "idle" and not self._idle(app)):
+                    return False  # another instance is starting or stopping it
+                return self._stop(app, reason, policy.hooks)
         finally:
             self._land(app.key, flight)
 
@@ -250,11 +252,7 @@ class Lifecycle:
         started = time.monotonic()
         self._failures.pop(app.key, None)
         try:
-            with self.cluster_lock(app.key, self.operation_timeout + 30) as ours:
-                if ours:
-                    self._start(app, reason, deadline)
-                elif self.registry.get(app.key) is None:
-                    raise WakeError(app.key, f"app {app.key!r} could not be started by another instance")
+            self._start_in_cluster(app, reason, deadline)
         except WakeError as error:
             flight.error = error
         except (ProviderError, HookFailed) as error:
@@ -269,6 +267,25 @@ class Lifecycle:
         if flight.error is not None:
             self._record_failure(app, reason, flight.error, time.monotonic() - started)
             raise flight.error
+
+    def _start_in_cluster(self, app: AppInfo, reason: str, deadline: float) -> None:
+        """Start ``app`` under its cluster lock; while another instance holds it, wait for its result.
+
+        The holder may be starting the app (then it becomes registered) or stopping it (then
+        the lock frees up and we start it again): either way the provider is called once.
+        """
+        waited = False
+        while True:
+            if waited and self.registry.get(app.key) is not None:
+                return  # another instance woke it
+            with self.cluster_lock(app.key, self.operation_timeout + 30) as ours:
+                if ours:
+                    self._start(app, reason, deadline)
+                    return
+            if time.monotonic() >= deadline:
+                raise WakeTimeout(app.key, f"app {app.key!r} did not become ready within {self.operation_timeout:g}s")
+            waited = True
+            time.sleep(CLUSTER_POLL_INTERVAL)
 
     def _start(self, app: AppInfo, reason: str, deadline: float) -> None:
         policy = self.rules.policy(app.key)
@@ -330,6 +347,11 @@ class Lifecycle:
             return False
         entry = self.registry.get(app.key)
         self.registry.unregister(app.key)  # new requests now wait for this stop, then wake the app
+        if reason == "idle" and self.registry.in_flight(app.key) > 0:  # one came in on another instance
+            if entry is not None:
+                self.registry.register(entry)
+            log.info("not stopping %s: a request arrived", app.key)
+            return False
         try:
             log.info("stopping %s (%s)", app.key, reason)
             memo = self.provider.stop(app)

@@ -1,0 +1,230 @@
+"""End to end: several real gunicorn instances sharing one Redis registry, local provider apps."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.redis_support import SHARED_URL, RedisServer, delete_prefix, unique_prefix
+from tests.support import PYTHON, UPSTREAM_APP, free_port, port_open, upstream_command, wait_until, write_config
+
+LEADING = "now leading the idle checks"
+FAST_IDLE = {"START_AND_STOP_MAX_IDLE_TIME": "0.02", "START_AND_STOP_CHECKING_INTERVAL": "0.3"}
+
+
+@pytest.fixture
+def prefix():
+    value = unique_prefix("e2e")
+    yield value
+    delete_prefix(SHARED_URL, value)
+
+
+@pytest.fixture
+def shared(prefix):
+    """The environment of an instance on the shared Redis, under this test's prefix."""
+    return {"REGISTRY_TYPE": "redis", "REGISTRY_REDIS_URL": SHARED_URL, "REGISTRY_REDIS_PREFIX": prefix}
+
+
+@pytest.fixture
+def raw():
+    client = redis.Redis.from_url(SHARED_URL, decode_responses=True)
+    yield client
+    client.close()
+
+
+def demo_app(tmp_path: Path, name: str = "demo", **env) -> tuple[dict, int]:
+    port = free_port()
+    env.setdefault("START_LOG", tmp_path / f"{name}-starts.log")
+    return {"name": name, "url": f"http://127.0.0.1:{port}", "command": upstream_command(**env)}, port
+
+
+def starts(tmp_path: Path, name: str = "demo") -> int:
+    path = tmp_path / f"{name}-starts.log"
+    return len(path.read_text().split()) if path.exists() else 0
+
+
+def leaders(instances) -> list:
+    return [instance for instance in instances if LEADING in instance.logs()]
+
+
+def test_one_registry_and_one_start_for_40_requests_over_two_instances(tmp_path, gunicorn_factory, shared, raw, prefix):
+    app, _ = demo_app(tmp_path, BOOT_DELAY=1)
+    write_config(tmp_path, [app])
+    one, two = gunicorn_factory(shared, name="one"), gunicorn_factory(shared, name="two")
+    with ThreadPoolExecutor(40) as pool:
+        codes = list(pool.map(lambda i: (one, two)[i % 2].get("/echo").status_code, range(40)))
+    assert codes == [200] * 40
+    assert starts(tmp_path) == 1
+    assert one.logs().count("starting demo (") + two.logs().count("starting demo (") == 1  # one provider call
+    stored = json.loads(raw.hget(f"{prefix}registry:apps", "demo"))
+    assert stored["key"] == "demo" and stored["started_at"].endswith("+00:00")
+    assert two.get("/echo").status_code == 200 and one.get("/echo").status_code == 200
+    assert starts(tmp_path) == 1
+
+
+def test_exactly_one_stop_with_three_instances_and_foreign_keys_untouched(
+    tmp_path, gunicorn_factory, shared, raw, prefix
+):
+    foreign = {"someone-else:session": "keep me", prefix.rstrip(":"): "keep me too"}
+    for key, value in foreign.items():
+        raw.set(key, value, ex=120)
+    app, port = demo_app(tmp_path)
+    write_config(tmp_path, [app])
+    env = {**shared, **FAST_IDLE}
+    instances = [gunicorn_factory(env, name="one"), gunicorn_factory(env, name="two")]
+    instances.append(gunicorn_factory({**env, "WEB_CONCURRENCY": "2"}, name="three"))
+    try:
+        wait_until(lambda: len(instances[2].worker_pids()) == 2, 10, what="two workers (allowed with Redis)")
+        assert instances[1].get("/echo").status_code == 200
+        wait_until(lambda: not port_open(port), 15, what="the idle app to be stopped")
+        time.sleep(1.0)  # three more checking intervals: nobody else may stop it again
+        stops = sum(instance.logs().count("stopping demo (idle)") for instance in instances)
+        assert stops == 1
+        assert len(leaders(instances)) == 1
+        assert raw.hget(f"{prefix}registry:apps", "demo") is None
+        for key, value in foreign.items():
+            assert raw.get(key) == value and raw.ttl(key) > 0
+    finally:
+        raw.delete(*foreign)
+
+
+def test_a_request_during_a_stop_on_another_instance_waits_and_wakes_the_app(tmp_path, gunicorn_factory, shared):
+    port = free_port()
+    pid_file, stopping, stopped = tmp_path / "svc.pid", tmp_path / "stopping", tmp_path / "stopped"
+    log = tmp_path / "svc-starts.log"
+    app = {
+        "name": "svc",
+        "url": f"http://127.0.0.1:{port}",
+        "start": f"START_LOG={log} nohup {PYTHON} {UPSTREAM_APP} >/dev/null 2>&1 & echo $! > {pid_file}",
+        "stop": f"touch {stopping}; sleep 1.5; kill $(cat {pid_file}); touch {stopped}",  # a slow stop
+    }
+    write_config(tmp_path, [app])
+    env = {**shared, **FAST_IDLE}
+    instances = [gunicorn_factory(env, name="one"), gunicorn_factory(env, name="two")]
+    try:
+        leader = wait_until(lambda: leaders(instances), 10, what="a leader")[0]
+        other = next(instance for instance in instances if instance is not leader)
+        assert other.get(host="svc.localhost").status_code == 200
+        wait_until(stopping.exists, 15, what="the leader to begin stopping the idle app")
+        asked_at = time.monotonic()
+        assert other.get("/echo", host="svc.localhost").status_code == 200
+        assert time.monotonic() - asked_at > 0.5  # it waited for the stop to end
+        assert stopped.exists()
+        assert port_open(port)  # and woke the app again, after the stop
+        assert starts(tmp_path, "svc") == 2
+    finally:
+        subprocess.run(f"kill $(cat {pid_file})", shell=True, check=False, capture_output=True)
+
+
+def test_a_killed_leader_is_replaced_within_the_lock_ttl(tmp_path, gunicorn_factory, shared):
+    app, port = demo_app(tmp_path)
+    write_config(tmp_path, [app])
+    env = {**shared, **FAST_IDLE, "SUPERVISOR_LOCK_TTL": "2"}
+    instances = [gunicorn_factory(env, name=name) for name in ("one", "two", "three")]
+    leader = wait_until(lambda: leaders(instances), 10, what="a leader")[0]
+    assert len(leaders(instances)) == 1
+    leader.stop(signal.SIGKILL)  # no clean release
+    killed_at = time.monotonic()
+    survivors = [instance for instance in instances if instance is not leader]
+    wait_until(lambda: leaders(survivors), 5, interval=0.05, what="another instance to lead")
+    assert time.monotonic() - killed_at <= 2 + 0.3 + 0.5  # the TTL, one checking interval, slack
+    assert len(leaders(survivors)) == 1
+    assert survivors[0].get("/echo").status_code == 200
+    wait_until(lambda: not port_open(port), 15, what="the new leader to stop the idle app")
+
+
+def test_redis_stopped_and_restarted_under_traffic(tmp_path, gunicorn_factory, prefix):
+    server = RedisServer(tmp_path).start()
+    demo, _ = demo_app(tmp_path)
+    other, _ = demo_app(tmp_path, "other")
+    write_config(tmp_path, [demo, other])
+    env = {
+        "REGISTRY_TYPE": "redis",
+        "REGISTRY_REDIS_URL": server.url,
+        "REGISTRY_REDIS_PREFIX": prefix,
+        "REGISTRY_REDIS_SOCKET_TIMEOUT": "0.3",
+        "START_AND_STOP_CHECKING_INTERVAL": "0.3",
+    }
+    instances = [gunicorn_factory(env, name="one"), gunicorn_factory(env, name="two")]
+    codes: list[int] = []
+    done = threading.Event()
+
+    def traffic() -> None:
+        i = 0
+        while not done.is_set():
+            codes.append(instances[i % 2].get("/echo", timeout=10).status_code)
+            i += 1
+
+    try:
+        assert instances[0].get("/echo").status_code == 200
+        thread = threading.Thread(target=traffic, daemon=True)
+        thread.start()
+        wait_until(lambda: len(codes) > 20, 10, what="traffic")
+        server.stop()
+        seen = len(codes)
+        wait_until(lambda: len(codes) > seen + 100, 20, what="traffic during the outage")
+        assert instances[1].get(host="other.localhost").status_code == 200  # sleeping apps still wake
+        server.start()  # it comes back empty
+        client = server.client()
+        wait_until(lambda: client.hget(f"{prefix}registry:apps", "demo"), 10, what="re-registration")
+        seen = len(codes)
+        wait_until(lambda: len(codes) > seen + 20, 10, what="traffic after the outage")
+        done.set()
+        thread.join(timeout=15)
+        assert set(codes) == {200}
+        assert starts(tmp_path) == 1 and starts(tmp_path, "other") == 1
+        for instance in instances:
+            logs = instance.logs()
+            assert logs.count("redis: unreachable") == 1, logs  # once per outage, not per request
+            assert "redis: reachable again" in logs
+        client.close()
+    finally:
+        done.set()
+        server.stop()
+
+
+def test_redis_url_falls_back_to_redis_url_then_scalingo_redis_url(tmp_path, gunicorn_factory, prefix, raw):
+    write_config(tmp_path, [demo_app(tmp_path)[0]])
+    common = {"REGISTRY_TYPE": "redis", "REGISTRY_REDIS_PREFIX": prefix, "REGISTRY_REDIS_URL": ""}
+    scalingo = gunicorn_factory({**common, "REDIS_URL": "", "SCALINGO_REDIS_URL": SHARED_URL}, name="scalingo")
+    assert scalingo.get("/echo").status_code == 200
+    assert raw.hget(f"{prefix}registry:apps", "demo") is not None
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"
+    plain = gunicorn_factory({**common, "REDIS_URL": SHARED_URL, "SCALINGO_REDIS_URL": unreachable}, name="plain")
+    assert plain.get("/echo").status_code == 200
+    assert starts(tmp_path) == 1  # it found the app in the same registry
+    assert "redis: unreachable" not in plain.logs()
+
+
+def test_redis_without_any_url_stops_start_up(tmp_path, gunicorn_factory):
+    write_config(tmp_path, [demo_app(tmp_path)[0]])
+    env = {"REGISTRY_TYPE": "redis", "REGISTRY_REDIS_URL": "", "REDIS_URL": "", "SCALINGO_REDIS_URL": ""}
+    server = gunicorn_factory(env, wait=False)
+    wait_until(lambda: server.process.poll() is not None, 20, what="gunicorn to refuse to start")
+    assert server.process.returncode != 0
+    assert "REGISTRY_TYPE/EVENTS_STORE_TYPE=redis needs a Redis URL" in server.logs()
+
+
+def test_a_restarted_instance_neither_wakes_nor_stops_apps(tmp_path, gunicorn_factory, shared, raw, prefix):
+    app, port = demo_app(tmp_path)
+    write_config(tmp_path, [app])
+    env = {**shared, "START_AND_STOP_CHECKING_INTERVAL": "0.3"}
+    first = gunicorn_factory(env, name="first")
+    assert first.get("/echo").status_code == 200
+    before = json.loads(raw.hget(f"{prefix}registry:apps", "demo"))
+    first.stop()
+    second = gunicorn_factory(env, name="second")
+    wait_until(lambda: LEADING in second.logs(), 10, what="the new instance to lead")
+    time.sleep(0.9)  # three idle checks by the new leader
+    assert port_open(port)
+    assert second.get("/echo").status_code == 200
+    assert starts(tmp_path) == 1
+    assert json.loads(raw.hget(f"{prefix}registry:apps", "demo"))["started_at"] == before["started_at"]
