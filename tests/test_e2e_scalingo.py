@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.fakes.scalingo_api import ScalingoPlatform
+from tests.redis_support import SHARED_URL, delete_prefix, unique_prefix
 from tests.support import Gunicorn, wait_until, write_config
 
 FAST_IDLE = {"START_AND_STOP_MAX_IDLE_TIME": "0.02", "START_AND_STOP_CHECKING_INTERVAL": "2"}
@@ -135,3 +136,19 @@ def test_apps_of_two_regions_are_served(platforms, paastis_for):
     assert echo(paastis, "shop")["app"] == "shop"
     assert echo(paastis, "vault")["app"] == "vault"
     assert platform.regions["osc-secnum-fr1"].count("POST", "/v1/apps/vault/scale") == 1
+
+
+def test_formation_survives_a_restart_of_paastis_in_redis(platforms, paastis_for):
+    platform = platforms()
+    shop = platform.add_app("shop", formation={"web": (2, "M"), "worker": (1, "S")}, running=True)
+    prefix = unique_prefix("scalingo")
+    redis_env = {"REGISTRY_TYPE": "redis", "REGISTRY_REDIS_URL": SHARED_URL, "REGISTRY_REDIS_PREFIX": prefix}
+    try:
+        first = paastis_for(platform, **redis_env, **FAST_IDLE)
+        wait_until(lambda: shop.status == "stopped", 20, what="the idle shop to be scaled to 0")
+        first.stop()
+        second = paastis_for(platform, **redis_env)
+        assert echo(second, "shop")["app"] == "shop"
+        assert shop.amounts() == {"web": 2, "worker": 1}  # remembered by the first instance
+    finally:
+        delete_prefix(SHARED_URL, prefix)

@@ -23,6 +23,7 @@ import os
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -187,11 +188,12 @@ class ScalingoPlatform:
         return sum(server.count(method, pattern) for server in self.regions.values())
 
     def close(self) -> None:
-        for app in self.apps.values():
-            app.process.close()
-        for server in self.regions.values():
-            server.stop()
-        self.auth.stop()
+        """Stop everything at once: each server takes up to half a second to notice its shutdown."""
+        closers = [app.process.close for app in self.apps.values()]
+        closers += [server.stop for server in self.regions.values()] + [self.auth.stop]
+        with ThreadPoolExecutor(len(closers)) as pool:
+            for future in [pool.submit(close) for close in closers]:
+                future.result()
 
     # -- tokens -----------------------------------------------------------------
 
