@@ -215,12 +215,17 @@ class _Router:
         return f"http://127.0.0.1:{self.port}"
 
     def forward(self, method: str, path: str, headers: dict[str, str], body: bytes | None):
-        if not self.app.answering:
-            return 503, [("Content-Type", "text/html")], b"<h1>Application not running</h1>"
+        down = 503, [("Content-Type", "text/html")], b"<h1>Application not running</h1>"
+        if not self.app.running:
+            return down
         headers = {k: v for k, v in headers.items() if k.lower() not in ("host", "content-length", "connection")}
         url = f"http://127.0.0.1:{self.app.backend_port}{path}"
         try:
             upstream = requests.request(method, url, headers=headers, data=body, timeout=30, allow_redirects=False)
+        except requests.ConnectionError:
+            # Still booting (nothing listens yet). Not probed with a separate connect: under a burst of
+            # requests such a probe can time out in the listen backlog and turn a live app into a 503.
+            return down
         except requests.RequestException:
             return 502, [("Content-Type", "text/html")], b"<h1>Bad gateway</h1>"
         kept = [(k, v) for k, v in upstream.headers.items() if k.lower() not in ("content-length", "connection")]

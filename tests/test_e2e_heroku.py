@@ -1,0 +1,115 @@
+"""End to end: real gunicorn with PROVIDER_NAME=heroku, against the fake Platform API and real app processes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.fakes.heroku_api import HerokuPlatform
+from tests.support import Gunicorn, wait_until, write_config
+
+FAST_IDLE = {"START_AND_STOP_MAX_IDLE_TIME": "0.02", "START_AND_STOP_CHECKING_INTERVAL": "1"}
+
+
+@pytest.fixture
+def platforms() -> Iterator[Callable[..., HerokuPlatform]]:
+    made: list[HerokuPlatform] = []
+
+    def make(**kwargs) -> HerokuPlatform:
+        made.append(HerokuPlatform(**kwargs))
+        return made[-1]
+
+    yield make
+    for platform in made:
+        platform.close()
+
+
+@pytest.fixture
+def paastis_for(tmp_path, gunicorn_factory) -> Callable[..., Gunicorn]:
+    def start(platform: HerokuPlatform, **extra: str) -> Gunicorn:
+        write_config(tmp_path)
+        env = {
+            "PROVIDER_NAME": "heroku",
+            "PROVIDER_HEROKU_API_TOKEN": platform.token,
+            "PROVIDER_HEROKU_API_URL": platform.url,
+            "PROVIDER_HEROKU_OPERATION_TIMEOUT": "30",
+            **extra,
+        }
+        return gunicorn_factory(env)
+
+    return start
+
+
+def echo(paastis: Gunicorn, app: str, **kwargs) -> dict:
+    response = paastis.get("/echo", host=f"{app}.localhost", **kwargs)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_running_app_is_discovered_put_to_sleep_and_woken_with_its_exact_formation(platforms, paastis_for):
+    platform = platforms()
+    formation = {"web": (2, "Standard-2X"), "worker": (0, "Basic"), "clock": (1, "Basic")}
+    shop = platform.add_app("shop", formation=formation, running=True)
+    paastis = paastis_for(platform, **FAST_IDLE)
+
+    wait_until(lambda: shop.quantities()["web"] == 0, 20, what="the idle shop to be scaled to 0")
+    assert shop.quantities() == {"web": 0, "worker": 0, "clock": 0}
+    wait_until(lambda: not shop.process.running, 5, what="the shop's process to end")
+    assert "stopping shop (idle)" in paastis.logs()
+    assert paastis.get("/", host="shop.localhost", headers={"Accept": "text/html"}).status_code == 503  # waiting page
+
+    wait_until(lambda: echo(paastis, "shop")["app"] == "shop", 20, what="the shop to answer again")
+    assert shop.quantities() == {"web": 2, "worker": 0, "clock": 1}  # a worker at 0 stays at 0
+    assert shop.sizes()["web"] == "Standard-2X"
+
+
+def test_stopped_app_is_woken_once_for_many_concurrent_requests(platforms, paastis_for):
+    platform = platforms()
+    blog = platform.add_app("blog", formation={"web": (2, "Basic"), "worker": (1, "Basic")}, boot_delay=1.0)
+    paastis = paastis_for(platform)
+    with ThreadPoolExecutor(20) as pool:
+        apps = list(pool.map(lambda _: echo(paastis, "blog")["app"], range(20)))
+    assert apps == ["blog"] * 20
+    assert platform.count("PATCH", "/apps/blog/formation") == 1
+    assert blog.quantities() == {"web": 1, "worker": 0}  # nothing remembered: web 1
+    assert paastis.get(host="ghost.localhost").status_code == 404
+
+
+def test_an_app_on_the_third_page_of_the_listing_is_found(platforms, paastis_for):
+    platform = platforms()
+    platform.add_filler_apps(450)
+    platform.add_app("deep", id="ffffffff-0000-4000-8000-000000000000")
+    assert platform.page_of("deep") == 3
+    paastis = paastis_for(platform, PROVIDER_HEROKU_PAGE_SIZE="200")
+    assert echo(paastis, "deep")["app"] == "deep"
+    assert platform.count("GET", "/apps") >= 3
+
+
+def test_a_429_storm_is_survived_by_requests_that_can_wait(platforms, paastis_for):
+    platform = platforms()
+    warm = platform.add_app("warm", running=True)
+    shop = platform.add_app("shop", boot_delay=0.5)
+    wait_until(lambda: warm.process.answering, 10, what="the warm app to have booted")
+    paastis = paastis_for(platform)
+    assert echo(paastis, "warm")["app"] == "warm"  # the directory is filled
+
+    platform.storm(4.0)
+    with ThreadPoolExecutor(10) as pool:
+        apps = list(pool.map(lambda _: echo(paastis, "shop", timeout=60)["app"], range(10)))
+    assert apps == ["shop"] * 10
+    assert platform.storm_rejected >= 2
+    assert platform.count("PATCH", "/apps/shop/formation") == 1
+    assert shop.quantities() == {"web": 1}
+    assert "heroku: rate limited" in paastis.logs()
+
+
+def test_crashing_app_is_a_quick_502_naming_provider_and_app(platforms, paastis_for):
+    platform = platforms()
+    platform.add_app("broken", crash=True)
+    paastis = paastis_for(platform)
+    response = paastis.get("/echo", host="broken.localhost", timeout=15)
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert "heroku" in error and "broken" in error
