@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,3 +32,16 @@ def gunicorn_factory(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
     for server in started:
         server.stop()
     kill_local_apps(state_dir)
+
+
+@pytest.fixture
+def paastis_caplog(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """``caplog`` for the ``paastis`` logger, which does not propagate once :mod:`paastis.logs` configured it."""
+    logger = logging.getLogger("paastis")
+    propagate = logger.propagate
+    logger.propagate = False  # one copy of each record, whether or not create_app ran before
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="paastis")
+    yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.propagate = propagate

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,14 +42,14 @@ def test_a_hostile_app_name_is_data_never_code(tmp_path):
     assert not list(Path.cwd().glob("pwned-*")) and not list(tmp_path.glob("pwned-*"))
 
 
-def test_output_is_logged_line_by_line_tagged_with_app_and_hook(caplog):
-    caplog.set_level(logging.INFO, logger="paastis.hooks")
+def test_output_is_logged_line_by_line_tagged_with_app_and_hook(paastis_caplog):
+    caplog = paastis_caplog
     assert runner().run("after_start", "echo first; echo second >&2", "shop", "manual")
     tagged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[hook")]
     assert tagged == ["[hook after_start app=shop] first", "[hook after_start app=shop] second"]
 
 
-def test_a_timeout_kills_the_whole_process_group(tmp_path, caplog):
+def test_a_timeout_kills_the_whole_process_group(tmp_path, paastis_caplog):
     pid_file = tmp_path / "child.pid"
     command = f"sleep 30 & echo $! > {pid_file}; wait"
     began = time.monotonic()
@@ -58,7 +57,7 @@ def test_a_timeout_kills_the_whole_process_group(tmp_path, caplog):
     assert time.monotonic() - began < 3
     child = int(pid_file.read_text())
     wait_until(lambda: not _alive(child), 5, what="the hook's child to be killed")
-    assert "hook before_stop for app shop timed out after 0.5s and was killed" in caplog.text
+    assert "hook before_stop for app shop timed out after 0.5s and was killed" in paastis_caplog.text
 
 
 def _alive(pid: int) -> bool:
@@ -69,13 +68,13 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
-def test_strict_mode_aborts_only_on_a_failed_before_hook(caplog):
+def test_strict_mode_aborts_only_on_a_failed_before_hook(paastis_caplog):
     strict = runner(strict=True)
     with pytest.raises(HookFailed, match="before_start hook failed for app 'shop'"):
         strict.run("before_start", "exit 3", "shop", "request")
     assert not strict.run("after_start", "exit 3", "shop", "request")  # after-hooks only log
     assert not runner().run("before_start", "exit 3", "shop", "request")  # not strict: logged, goes on
-    assert "hook before_start for app shop exited with code 3" in caplog.text
+    assert "hook before_start for app shop exited with code 3" in paastis_caplog.text
 
 
 # -- through real gunicorn -----------------------------------------------------------
