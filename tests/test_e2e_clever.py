@@ -1,0 +1,111 @@
+"""End to end: real gunicorn with PROVIDER_NAME=clever-cloud, against the fake v2 API and real app processes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.fakes.clever_api import CleverPlatform
+from tests.support import Gunicorn, wait_until, write_config
+
+FAST_IDLE = {"START_AND_STOP_MAX_IDLE_TIME": "0.02", "START_AND_STOP_CHECKING_INTERVAL": "1"}
+
+
+@pytest.fixture
+def platforms() -> Iterator[Callable[..., CleverPlatform]]:
+    made: list[CleverPlatform] = []
+
+    def make(**kwargs) -> CleverPlatform:
+        made.append(CleverPlatform(**kwargs))
+        return made[-1]
+
+    yield make
+    for platform in made:
+        platform.close()
+
+
+@pytest.fixture
+def paastis_for(tmp_path, gunicorn_factory) -> Callable[..., Gunicorn]:
+    def start(platform: CleverPlatform, **extra: str) -> Gunicorn:
+        write_config(tmp_path)
+        env = {
+            "PROVIDER_NAME": "clever-cloud",
+            "PROVIDER_CLEVER_OAUTH_CONSUMER_KEY": platform.consumer_key,
+            "PROVIDER_CLEVER_OAUTH_CONSUMER_SECRET": platform.consumer_secret,
+            "PROVIDER_CLEVER_TOKEN": platform.token,
+            "PROVIDER_CLEVER_SECRET": platform.secret,
+            "PROVIDER_CLEVER_API_HOST": platform.url,
+            "PROVIDER_CLEVER_UPSTREAM_SCHEME": "http",  # the fake's custom domains are 127.0.0.1:<port>
+            "PROVIDER_CLEVER_OPERATION_TIMEOUT": "30",
+            **extra,
+        }
+        if platform.organisation_id:
+            env["PROVIDER_CLEVER_ORGANISATION_ID"] = platform.organisation_id
+        return gunicorn_factory(env)
+
+    return start
+
+
+def echo(paastis: Gunicorn, host: str, **kwargs) -> dict:
+    response = paastis.get("/echo", host=f"{host}.localhost", **kwargs)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_running_app_is_discovered_put_to_sleep_and_woken(platforms, paastis_for):
+    platform = platforms(organisation_id="orga_0123")
+    shop = platform.add_app("shop", running=True)
+    wait_until(lambda: shop.process.answering, 10, what="the shop to have booted")
+    paastis = paastis_for(platform, **FAST_IDLE)
+
+    wait_until(lambda: shop.state == "SHOULD_BE_DOWN", 20, what="the idle shop to be undeployed")
+    assert not shop.process.running
+    assert f"stopping {shop.key} (idle)" in paastis.logs()
+
+    assert echo(paastis, shop.key)["app"] == "shop"  # the app-<uuid> host form
+    assert shop.up and shop.starts == 1
+    assert platform.count("POST", f"/v2/organisations/orga_0123/applications/{shop.id}/instances") == 1
+
+
+def test_name_slug_and_app_uuid_reach_the_same_app_woken_once(platforms, paastis_for):
+    platform = platforms()
+    blog = platform.add_app("My Blog", boot_delay=1.0)
+    platform.add_app("twin")
+    platform.add_app("Twin")
+    paastis = paastis_for(platform)
+    hosts = [blog.key, "my-blog"] * 10
+    with ThreadPoolExecutor(20) as pool:
+        apps = list(pool.map(lambda host: echo(paastis, host)["app"], hosts))
+    assert apps == ["My Blog"] * 20
+    assert blog.starts == 1
+    assert paastis.get(host="twin.localhost").status_code == 404  # two apps share that slug: no alias
+    assert paastis.get(host=f"{blog.id}.localhost").status_code == 400  # app_<uuid> is not a host label
+
+
+def test_a_429_storm_is_survived_by_requests_that_can_wait(platforms, paastis_for):
+    platform = platforms()
+    warm = platform.add_app("warm", running=True)
+    shop = platform.add_app("shop", boot_delay=0.5)
+    wait_until(lambda: warm.process.answering, 10, what="the warm app to have booted")
+    paastis = paastis_for(platform)
+    assert echo(paastis, "warm")["app"] == "warm"  # the directory is filled
+
+    platform.storm(3.0)
+    with ThreadPoolExecutor(10) as pool:
+        apps = list(pool.map(lambda _: echo(paastis, "shop", timeout=60)["app"], range(10)))
+    assert apps == ["shop"] * 10
+    assert platform.storm_rejected >= 2
+    assert shop.starts == 1
+    assert "clever-cloud: rate limited" in paastis.logs()
+
+
+def test_failed_deployment_is_a_502_naming_provider_and_app(platforms, paastis_for):
+    platform = platforms()
+    platform.add_app("broken", crash=True, boot_delay=0.2)
+    paastis = paastis_for(platform)
+    response = paastis.get("/echo", host="broken.localhost", timeout=20)
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert "clever-cloud" in error and "failed to start" in error
