@@ -14,7 +14,9 @@ from paastis.config import ConfigError, Settings
 from paastis.metrics import Metrics
 from paastis.providers import FAILED, RUNNING, STARTING, STOPPED, AppInfo, AppNotFound, ProviderAuthError, ProviderError
 from paastis.providers.scalingo import ScalingoProvider, jwt_lifetime, regional_urls
+from paastis.providers.shared_limiter import SharedRateLimiter
 from tests.fakes.scalingo_api import ScalingoPlatform
+from tests.redis_support import SHARED_URL, delete_prefix, unique_prefix
 from tests.support import wait_until
 
 
@@ -327,3 +329,61 @@ def test_idle_checks_that_would_spend_the_budget_are_warned_about(platforms, cap
     assert "START_AND_STOP_CHECKING_INTERVAL" not in caplog.text
     provider_for(platform, START_AND_STOP_CHECKING_INTERVAL="2")
     assert "START_AND_STOP_CHECKING_INTERVAL=2s makes the idle checks alone spend 60 of the 60" in caplog.text
+
+
+# -- the budget shared in Redis by several workers -------------------------------------
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    prefix = unique_prefix("scalingo")
+    yield prefix
+    delete_prefix(SHARED_URL, prefix)
+
+
+def redis_settings(prefix: str, budget: int) -> dict[str, str]:
+    return {
+        "REGISTRY_TYPE": "redis",
+        "REGISTRY_REDIS_URL": SHARED_URL,
+        "REGISTRY_REDIS_PREFIX": prefix,
+        "PROVIDER_SCALINGO_RATE_LIMIT": str(budget),
+    }
+
+
+def test_workers_share_one_budget_in_redis(platforms, redis_prefix):
+    platform = platforms()
+    platform.add_app("shop")
+    shop = AppInfo(key="shop", name="shop", region="osc-fr1")
+    first = provider_for(platform, **redis_settings(redis_prefix, 12))
+    second = provider_for(platform, **redis_settings(redis_prefix, 12))  # another gunicorn worker
+    assert isinstance(second.limiter, SharedRateLimiter)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: first.status(shop), range(7)))
+        list(pool.map(lambda _: second.status(shop), range(5)))
+    assert platform.calls("GET", "/v1/apps/shop") == 12
+    wait = second.limiter.delay()
+    assert 50 < wait <= 60  # the 13th call of the minute waits, whichever worker sends it
+    first.close()
+    second.close()
+
+
+def test_a_429_seen_by_one_worker_pauses_the_others(platforms, redis_prefix):
+    platform = platforms()
+    first = provider_for(platform, **redis_settings(redis_prefix, 60))
+    second = provider_for(platform, **redis_settings(redis_prefix, 60))
+    first.limiter.slow_down(5)
+    assert 4 < second.limiter.delay() <= 5
+    first.close()
+    second.close()
+
+
+def test_without_redis_each_process_keeps_within_the_budget_alone(caplog):
+    limiter = SharedRateLimiter.from_url("redis://127.0.0.1:1/0", "k", 60, 0.2, local=(50, 10))
+    caplog.set_level(logging.WARNING)
+    started = time.monotonic()
+    for _ in range(10):
+        limiter.acquire()  # the local burst
+    assert time.monotonic() - started < 1.5
+    assert caplog.text.count("rate limit: Redis unreachable") == 1
+    assert limiter.delay() is None  # not asking Redis again for a while
+    limiter.close()

@@ -11,6 +11,7 @@ costs no API call: the account is allowed 60 requests per minute, all regions to
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import threading
@@ -25,13 +26,14 @@ from ..metrics import Metrics
 from ..routing import is_valid_app_key
 from .base import FAILED, RUNNING, STARTING, STOPPED, UNKNOWN, AppInfo, ProviderAuthError, ProviderError
 from .http import ApiClient, RateLimiter
+from .shared_limiter import SharedRateLimiter
 
 log = logging.getLogger(__name__)
 
 NAME = "scalingo"
 DEFAULT_REGION = "osc-fr1"
 DEFAULT_AUTH_URL = "https://auth.scalingo.com"
-DEFAULT_RATE_LIMIT = 60.0  # requests per minute, per account (documented)
+DEFAULT_RATE_LIMIT = 60  # requests per minute, per account (documented)
 TOKEN_HINT = "PROVIDER_SCALINGO_API_TOKEN (an API token from the Scalingo dashboard, User Settings > API tokens)"
 STATUSES = {
     "running": RUNNING,
@@ -144,10 +146,20 @@ def read_regions(env: Env) -> list[str]:
     return regions
 
 
-def rate_limiter(per_minute: float) -> RateLimiter:
-    """A bucket that never sends more than ``per_minute`` calls in any 60 s window: burst + refill = budget."""
-    burst = max(1.0, per_minute / 6)
-    return RateLimiter(per_minute - burst, burst=burst)
+def rate_limiter(settings: Settings, budget: int, api_token: str) -> RateLimiter:
+    """At most ``budget`` calls in any 60 s window, for the account.
+
+    With the Redis registry (several workers, maybe several machines) the count is shared in
+    Redis, per account (a hash of the token names it). Otherwise, and as the fallback while
+    Redis is down, a local bucket whose burst plus refill over 60 s equals the budget.
+    """
+    burst = budget / 6
+    local = (budget - burst, burst)
+    if settings.registry_type == "redis" and settings.redis_url:
+        account = hashlib.sha256(api_token.encode()).hexdigest()[:12]
+        key = f"{settings.redis_prefix}provider:{NAME}:{account}:calls"
+        return SharedRateLimiter.from_url(settings.redis_url, key, budget, settings.redis_socket_timeout, local=local)
+    return RateLimiter(*local)
 
 
 def warn_if_idle_checks_spend_the_budget(interval: float, regions: int, budget: float) -> None:
@@ -169,10 +181,17 @@ class ScalingoProvider:
     poll_interval = 5.0  # status calls during a wake; readiness itself is probed on the app's URL
     probe_upstream = True
 
-    def __init__(self, clients: dict[str, ApiClient], bearer: ScalingoBearer, operation_timeout: float):
+    def __init__(
+        self,
+        clients: dict[str, ApiClient],
+        bearer: ScalingoBearer,
+        operation_timeout: float,
+        limiter: RateLimiter | None = None,
+    ):
         self.clients = clients  # region -> regional API client, in PROVIDER_REGION order
         self.bearer = bearer
         self.operation_timeout = operation_timeout
+        self.limiter = limiter  # the clients' shared budget, kept to be closed
         for client in clients.values():
             client.on_unauthorized = bearer.renew_after_401
 
@@ -185,9 +204,9 @@ class ScalingoProvider:
         auth_url = env.get("PROVIDER_SCALINGO_AUTH_URL", DEFAULT_AUTH_URL)
         if urlsplit(auth_url).scheme not in ("http", "https") or not urlsplit(auth_url).hostname:
             raise ConfigError(f"PROVIDER_SCALINGO_AUTH_URL={auth_url!r} is not an http(s) URL")
-        budget = env.number("PROVIDER_SCALINGO_RATE_LIMIT", DEFAULT_RATE_LIMIT, minimum=1)
+        budget = env.integer("PROVIDER_SCALINGO_RATE_LIMIT", DEFAULT_RATE_LIMIT, minimum=6)
         warn_if_idle_checks_spend_the_budget(settings.checking_interval, len(regions), budget)
-        limiter = rate_limiter(budget)
+        limiter = rate_limiter(settings, budget, api_token)
         session = requests.Session()  # one pool for the auth service and every region
         session.headers["Accept"] = "application/json"
         auth = ApiClient(NAME, auth_url, metrics, TOKEN_HINT, session=session)
@@ -195,7 +214,7 @@ class ScalingoProvider:
             region: ApiClient(NAME, url, metrics, TOKEN_HINT, limiter=limiter, session=session)
             for region, url in urls.items()
         }
-        return cls(clients, ScalingoBearer(auth, api_token), settings.provider_operation_timeout(NAME))
+        return cls(clients, ScalingoBearer(auth, api_token), settings.provider_operation_timeout(NAME), limiter)
 
     # -- the provider interface -------------------------------------------------
 
@@ -277,6 +296,8 @@ class ScalingoProvider:
     def close(self) -> None:
         for client in self.clients.values():
             client.close()
+        if isinstance(self.limiter, SharedRateLimiter):
+            self.limiter.close()
 
     # -- helpers ----------------------------------------------------------------
 
