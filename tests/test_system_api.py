@@ -10,6 +10,7 @@ import pytest
 from paastis import create_app
 from paastis.config import Settings
 from paastis.registry import utcnow
+from tests.fakes.scalingo_api import ScalingoPlatform
 from tests.redis_support import RedisServer, unique_prefix
 from tests.support import free_port, port_open, upstream_command, wait_until, write_config
 
@@ -283,3 +284,34 @@ def test_the_api_through_gunicorn(tmp_path, gunicorn_factory):
     started = paastis.request("POST", "/apps/demo/start", host="paastis.localhost", headers=SYSTEM)
     assert started.status_code == 200 and port_open(port)
     assert TOKEN not in paastis.logs()
+
+
+def test_provider_api_calls_and_errors_are_counted_and_health_tells_them(tmp_path):
+    platform = ScalingoPlatform()
+    platform.add_app("shop")
+    write_config(tmp_path)
+    env = {
+        "PAASTIS_CONFIG_FILE": str(tmp_path / "paastis.yml"),
+        "PROVIDER_NAME": "scalingo",
+        "PROVIDER_SCALINGO_API_TOKEN": platform.api_token,
+        "PROVIDER_REGION": platform.region_names,
+        "PROVIDER_SCALINGO_API_URL": platform.api_urls,
+        "PROVIDER_SCALINGO_AUTH_URL": platform.auth.url,
+        "ROUTING_SYSTEM_API_ENABLED": "true",
+        "ROUTING_SYSTEM_API_TOKEN": TOKEN,
+    }
+    app = create_app(Settings.from_env(env, dotenv=False))
+    client = app.test_client()
+    try:
+        assert call(client, "GET", "/health").get_json()["provider"] == {"name": "scalingo", "status": "ok", "apps": 1}
+        platform.refuse_all_bearers = True  # as when the account is suspended: every call answers 401
+        platform.revoke_bearers()
+        health = call(client, "GET", "/health")
+        assert health.status_code == 503 and health.get_json()["provider"]["status"] == "unreachable"
+        text = call(client, "GET", "/metrics").get_data(as_text=True)
+        calls = [line for line in text.splitlines() if line.startswith("paastis_provider_api_calls_total{")]
+        assert any('provider="scalingo"' in line and 'outcome="success"' in line for line in calls), calls
+        assert any('outcome="auth_error"' in line and not line.endswith(" 0.0") for line in calls), calls
+    finally:
+        app.extensions["paastis"].close()
+        platform.close()
