@@ -152,3 +152,17 @@ def test_formation_survives_a_restart_of_paastis_in_redis(platforms, paastis_for
         assert shop.amounts() == {"web": 2, "worker": 1}  # remembered by the first instance
     finally:
         delete_prefix(SHARED_URL, prefix)
+
+
+def test_refused_token_gives_one_log_line_and_paastis_keeps_serving(platforms, paastis_for):
+    platform = platforms()
+    platform.add_app("shop")
+    paastis = paastis_for(platform, PROVIDER_SCALINGO_API_TOKEN="tk-us-revoked", PROVIDER_DIRECTORY_TTL="0")
+    for _ in range(3):
+        response = paastis.get("/echo", host="shop.localhost", timeout=15)
+        assert response.status_code == 404  # nothing can be listed: no app is known
+    assert paastis.get("/echo", host="shop.localhost").status_code == 404  # still serving
+    refusals = [line for line in paastis.logs().splitlines() if "check PROVIDER_SCALINGO_API_TOKEN" in line]
+    assert len(refusals) == 1 and "scalingo refused our credentials (401" in refusals[0]
+    assert platform.refused_exchanges == 1  # later attempts failed fast instead of asking again
+    assert "tk-us-revoked" not in paastis.logs()

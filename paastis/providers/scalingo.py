@@ -87,7 +87,7 @@ class ScalingoBearer(requests.auth.AuthBase):
 
     def _exchange(self) -> str:
         if time.monotonic() < self._refused_until:
-            raise ProviderAuthError(NAME, None, "the API token was refused recently; check PROVIDER_SCALINGO_API_TOKEN")
+            raise ProviderAuthError(NAME, None, "token_exchange: credentials refused recently, not asking again yet")
         try:
             response = self._auth.call("POST", "/v1/tokens/exchange", "token_exchange", auth=("", self._api_token))
         except ProviderAuthError:
