@@ -8,9 +8,11 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from paastis.config import ConfigError, Settings
+from paastis.directory import Directory
 from paastis.metrics import Metrics
 from paastis.providers import FAILED, RUNNING, STARTING, STOPPED, AppInfo, AppNotFound, ProviderAuthError
 from paastis.providers.clever_cloud import CleverCloudProvider, best_vhost, slugify
+from paastis.rules import Rules
 from tests.fakes.clever_api import CleverPlatform
 from tests.support import wait_until
 
@@ -156,3 +158,18 @@ def test_a_429_is_waited_out(platforms):
     platform.storm(1.2)
     assert len(provider.list_apps()) == 1
     assert platform.storm_rejected >= 1
+
+
+def test_the_directory_maps_the_slug_and_the_key_to_one_app(platforms):
+    platform = platforms()
+    shop = platform.add_app("shop")
+    other = platform.add_app("other")
+    settings = Settings.from_env(env_for(platform))
+    provider = CleverCloudProvider.from_settings(settings, {}, Metrics())
+    directory = Directory(provider, Rules(settings, None), ttl=3600)
+    assert directory.resolve("shop") is directory.resolve(shop.key)
+    assert directory.resolve("shop").key == shop.key  # the registry only ever sees the key
+    assert sorted(app.key for app in directory.apps()) == sorted([shop.key, other.key])  # each app once
+    directory.forget(shop.key)
+    assert directory.resolve("shop") is None and directory.resolve(shop.key) is None
+    assert directory.resolve("other") is not None
