@@ -385,11 +385,28 @@ class Lifecycle:
             self._unregister(app.key, "idle", "found stopped")
 
     def _idle(self, app: AppInfo) -> bool:
-        entry = self.registry.get(app.key)
-        if entry is None or self.registry.in_flight(app.key) > 0:
+        """Idle by its own measure, and not held by a busy app that links to it (a back under its front)."""
+        if self.registry.get(app.key) is None or not self._idle_alone(app.key):
             return False
-        limit = self.rules.policy(app.key).max_idle_time * 60
-        return entry.idle_seconds(utcnow()) > limit
+        holders = (e.key for e in self.registry.all() if e.key != app.key and app.key in self._links_of(e.key))
+        return all(self._idle_alone(key) for key in holders)
+
+    def _idle_alone(self, key: str) -> bool:
+        entry = self.registry.get(key)
+        if entry is None or self.registry.in_flight(key) > 0:
+            return entry is None  # an app no longer registered holds nothing
+        return entry.idle_seconds(utcnow()) > self.rules.policy(key).max_idle_time * 60
+
+    def _links_of(self, key: str) -> set[str]:
+        """The keys ``key`` links to, transitively (from the rules alone: no provider lookup)."""
+        seen: set[str] = set()
+        queue = [key]
+        while queue:
+            for linked in self.rules.policy(queue.pop()).linked_apps:
+                if linked not in seen:
+                    seen.add(linked)
+                    queue.append(linked)
+        return seen
 
     def _register(self, app: AppInfo, reason: str, event: str, duration: float | None = None) -> None:
         now = utcnow()

@@ -141,3 +141,18 @@ def test_with_an_allow_list_other_apps_are_not_managed(tmp_path, gunicorn_factor
     assert paastis.get("/echo", host="demo.localhost").status_code == 200
     assert paastis.get("/echo", host="other.localhost").status_code == 503
     assert not port_open(other_port)
+
+
+def test_a_long_request_to_the_front_keeps_its_back_awake(tmp_path, gunicorn_factory):
+    front, front_port = local_app(tmp_path, "front")
+    back, back_port = local_app(tmp_path, "back")
+    write_config(tmp_path, [front, back], [{"pattern": "front", "linked_apps": ["back"]}])
+    # Both idle after 0.6 s, checked every 0.3 s, while one response from the front takes 4 s.
+    paastis = gunicorn_factory({"START_AND_STOP_MAX_IDLE_TIME": "0.01", "START_AND_STOP_CHECKING_INTERVAL": "0.3"})
+    response = paastis.get("/stream?chunks=8&delay=0.5", host="front.localhost", stream=True)
+    for index, line in enumerate(line for line in response.iter_lines() if line):
+        assert line == f"chunk {index}".encode()
+        if index >= 3:
+            assert port_open(back_port), f"the back was stopped under its busy front (chunk {index})"
+    assert starts(tmp_path, "back") == 1
+    wait_until(lambda: not port_open(front_port) and not port_open(back_port), 15, what="both to idle out after")
