@@ -153,7 +153,7 @@ class RedisRegistry:
             activity.count += 1
             publish = activity.published_until <= time.time()
         if publish and not self.link.down:
-            self._publish([key])
+            self._publish([key], renew=False)
         self._ensure_thread()
         return key
 
@@ -220,11 +220,8 @@ class RedisRegistry:
                 k for k, a in self._activity.items() if a.count > 0 and a.published_until - now < self.in_flight_ttl / 2
             ]
         if touches:
-            pipe = self.client.pipeline(transaction=False)
-            for key, when in touches.items():
-                self._touch(keys=[self.apps_key, self.touched_key], args=[key, _date(when)], client=pipe)
             try:
-                pipe.execute()
+                self._write_touches(touches)
             except redis.RedisError as error:
                 self._restore_touches(touches)
                 self.link.failed(error)
@@ -290,10 +287,20 @@ class RedisRegistry:
         _, members = pipe.execute()
         return sum(1 for member in members if member != self.link.instance)
 
-    def _publish(self, keys: list[str]) -> None:
-        """Add or renew our in-flight entries, and read the apps back after (one round trip)."""
+    def _publish(self, keys: list[str], renew: bool = True) -> None:
+        """Add or renew our in-flight entries, and read the apps back after (one round trip).
+
+        Requests that began together wait here for the first one's entry rather than each
+        writing their own: its ZADD is done before they go on, which is all they need.
+        """
         with self._publish_lock:
-            expiry = time.time() + self.in_flight_ttl
+            now = time.time()
+            if not renew:
+                with self._lock:
+                    keys = [key for key in keys if self._activity.setdefault(key, _Activity()).published_until <= now]
+                if not keys:
+                    return
+            expiry = now + self.in_flight_ttl
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
                 pipe.zadd(self.in_flight_key(key), {self.link.instance: expiry})
@@ -334,6 +341,20 @@ class RedisRegistry:
                 pipe.execute()
             except redis.RedisError as error:
                 self.link.failed(error)  # the entries expire by themselves
+
+    def _write_touches(self, touches: dict[str, datetime]) -> None:
+        """EVALSHA in one pipeline (redis-py would add a SCRIPT EXISTS to each pipeline using a Script)."""
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            for key, when in touches.items():
+                pipe.evalsha(self._touch.sha, 2, self.apps_key, self.touched_key, key, _date(when))
+            try:
+                pipe.execute()
+                return
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                self.client.script_load(TOUCH_SCRIPT)  # a restarted Redis forgot it
 
     def _take_touches(self) -> dict[str, datetime]:
         touches = {}
