@@ -193,7 +193,9 @@ class RedisRegistry:
     # -- health and shutdown ------------------------------------------------------
 
     def healthy(self) -> bool:
-        return not self.link.down and self.link.probe()
+        """Redis answers a PING now (this also ends an outage early)."""
+        self._ensure_thread()
+        return self.link.probe()
 
     def close(self) -> None:
         """Write what is pending and withdraw our in-flight entries, then disconnect."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -209,6 +210,28 @@ def test_outage_serves_the_local_view_logs_once_and_recovers(tmp_path, caplog):
         assert any("reachable again" in r.getMessage() for r in caplog.records)
         assert registry.get("a") is None  # Redis is the truth again (the leader re-registers running apps)
     finally:
+        registry.close()
+        server.stop()
+
+
+def test_a_hung_redis_costs_one_socket_timeout_not_one_per_request(tmp_path):
+    server = RedisServer(tmp_path).start()
+    registry = RedisRegistry(RedisLink(server.url, "p:", 0.3), flush_interval=0.1)
+    try:
+        registry.register(an_app("a"))
+        server.process.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
+        started = time.monotonic()
+        assert registry.get("a") is not None  # waits once for the timeout, then answers from memory
+        first = time.monotonic() - started
+        for _ in range(100):
+            token = registry.begin_request("a")
+            assert registry.get("a") is not None
+            registry.end_request("a", token)
+        rest = time.monotonic() - started - first
+        assert 0.25 <= first < 1.0
+        assert rest < 0.5
+    finally:
+        server.process.send_signal(signal.SIGCONT)
         registry.close()
         server.stop()
 
