@@ -163,7 +163,7 @@ def test_listing_checks_a_bounded_rotating_share_of_statuses(platforms):
     assert len(first) == MAX_STATUS_CHECKS
     assert platform.count("GET", r"/apps/[^/]+/formation") == MAX_STATUS_CHECKS
     second = {app.key: app.status for app in provider.list_apps() if app.status != UNKNOWN}
-    assert not first.keys() & second.keys()  # the least recently checked come next
+    assert first.keys() & second.keys() <= {"live"}  # the least recently checked come next (after scaled-up apps)
     third = {app.key: app.status for app in provider.list_apps() if app.status != UNKNOWN}
     seen = {**first, **second, **third}
     assert len(seen) == 121  # every app checked within three listings
@@ -176,3 +176,15 @@ def test_listing_budget_shrinks_with_the_remaining_tokens(platforms):
     provider = provider_for(platform, PROVIDER_HEROKU_RATE_LIMIT_RESERVE="300")
     checked = sum(1 for app in provider.list_apps() if app.status != UNKNOWN)
     assert checked == (399 - 300) // 10  # a tenth of the headroom above the reserve
+
+
+def test_apps_seen_scaled_up_are_checked_at_every_listing(platforms):
+    platform = platforms()
+    platform.add_filler_apps(200)
+    shop = platform.add_app("shop", real=False)
+    provider = provider_for(platform)
+    provider.start(info("shop"), None)  # woken by paastis: known to be scaled up
+    for _ in range(3):
+        assert next(a for a in provider.list_apps() if a.key == "shop").status == RUNNING
+    shop.formation["web"]["quantity"] = 0  # stopped from the dashboard
+    assert next(a for a in provider.list_apps() if a.key == "shop").status == STOPPED

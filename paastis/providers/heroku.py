@@ -7,10 +7,11 @@ or ``web: 1`` when nothing is remembered.
 
 Cost per idle check: the app list is one paged sequence (``Range: id ..; max=1000``),
 but Heroku lists apps without their formation, so telling running from stopped costs
-one call per app. The listing therefore checks only a bounded, rotating share of the
-apps (the least recently checked first, at most a tenth of the remaining rate-limit
-headroom); the others are reported ``unknown`` for this tick, which the idle check
-leaves alone. Apps paastis wakes or stops are checked on the spot, never from a cache.
+one call per app. The listing therefore checks only a bounded share of the apps (at most
+a tenth of the remaining rate-limit headroom): those last seen scaled up at every listing
+(few, when most apps sleep), then the least recently checked; the others are reported
+``unknown`` for this tick, which the idle check leaves alone. Apps paastis wakes or stops
+are checked on the spot, never from a cache.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class HerokuProvider:
         self.page_size = page_size
         self.remaining: int | None = None  # the last RateLimit-Remaining seen
         self._checked: dict[str, float] = {}  # app name -> when its formation was last read by a listing
+        self._scaled_up: set[str] = set()  # apps last seen with web above 0: checked first, at every listing
         self._lock = threading.Lock()
         client.on_response = self._watch_rate_limit
 
@@ -94,7 +96,7 @@ class HerokuProvider:
 
     def status(self, app: AppInfo) -> str:
         """Stopped while web is at 0; running once a web dyno is ``up``; failed when they all crashed."""
-        if _web_quantity(self._formation(app)) == 0:
+        if not self._note(app.name, _web_quantity(self._formation(app))):
             return STOPPED
         web = [d for d in self._dynos(app) if d.get("type") == "web"]
         states = {d.get("state") for d in web}
@@ -132,6 +134,7 @@ class HerokuProvider:
                 updates.append(update)
         if updates:
             self._patch(app, updates, "scale_up")
+            self._note(app.name, 1)
 
     def stop(self, app: AppInfo) -> dict | None:
         """Scale every process type to 0 in one call; return the formation it had."""
@@ -141,6 +144,7 @@ class HerokuProvider:
         if not updates:
             return None  # already at 0: keep whatever formation was remembered before
         self._patch(app, updates, "scale_down")
+        self._note(app.name, 0)
         return memo
 
     def upstream_url(self, app: AppInfo) -> str:
@@ -167,6 +171,15 @@ class HerokuProvider:
         if remaining <= self.reserve and self.client.limiter is not None:
             self.client.limiter.slow_down(0)
 
+    def _note(self, name: str, web_quantity: int) -> int:
+        """Remember whether the app was last seen scaled up; returns the quantity for convenience."""
+        with self._lock:
+            if web_quantity > 0:
+                self._scaled_up.add(name)
+            else:
+                self._scaled_up.discard(name)
+        return web_quantity
+
     def _status_budget(self) -> int:
         """At most a tenth of the headroom above the reserve per listing, so background checks never starve wakes."""
         if self.remaining is None:  # no header seen (yet): the fixed cap alone
@@ -178,7 +191,9 @@ class HerokuProvider:
         with self._lock:
             known = {app.name for app in apps}
             self._checked = {name: at for name, at in self._checked.items() if name in known}
-            order = sorted(apps, key=lambda a: self._checked.get(a.name, -math.inf))
+            self._scaled_up &= known
+            # Apps seen scaled up first (few, when most sleep): a stop made elsewhere is noticed at the next tick.
+            order = sorted(apps, key=lambda a: (a.name not in self._scaled_up, self._checked.get(a.name, -math.inf)))
             chosen = order[: self._status_budget()]
             now = time.monotonic()
             for app in chosen:
@@ -192,7 +207,7 @@ class HerokuProvider:
     def _listing_status(self, app: AppInfo) -> str:
         """Running means web above 0 (the issue's definition); errors leave the app unknown for this tick."""
         try:
-            return RUNNING if _web_quantity(self._formation(app)) > 0 else STOPPED
+            return RUNNING if self._note(app.name, _web_quantity(self._formation(app))) else STOPPED
         except ProviderError as error:
             log.warning("%s: no formation for %s this time: %s", NAME, app.key, error.message)
             return UNKNOWN
