@@ -30,7 +30,7 @@ import requests
 from ..config import ConfigError, Settings
 from ..metrics import Metrics
 from ..routing import is_valid_app_key
-from .base import FAILED, RUNNING, STARTING, STOPPED, UNKNOWN, AppInfo, ProviderError
+from .base import FAILED, RUNNING, STARTING, STOPPED, UNKNOWN, AppInfo, ProviderAuthError, ProviderError
 from .http import ApiClient, RateLimiter
 
 log = logging.getLogger(__name__)
@@ -208,6 +208,8 @@ class HerokuProvider:
         """Running means web above 0 (the issue's definition); errors leave the app unknown for this tick."""
         try:
             return RUNNING if self._note(app.name, _web_quantity(self._formation(app))) else STOPPED
+        except ProviderAuthError:
+            return UNKNOWN  # the client logged it once already: not once more per app
         except ProviderError as error:
             log.warning("%s: no formation for %s this time: %s", NAME, app.key, error.message)
             return UNKNOWN
