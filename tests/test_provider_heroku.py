@@ -188,3 +188,12 @@ def test_apps_seen_scaled_up_are_checked_at_every_listing(platforms):
         assert next(a for a in provider.list_apps() if a.key == "shop").status == RUNNING
     shop.formation["web"]["quantity"] = 0  # stopped from the dashboard
     assert next(a for a in provider.list_apps() if a.key == "shop").status == STOPPED
+
+
+def test_waking_always_gives_a_web_dyno(platforms):
+    platform = platforms()
+    shop = platform.add_app("shop", formation={"web": (0, "Basic"), "worker": (0, "Basic")}, real=False)
+    provider = provider_for(platform)
+    memo = {"formation": [{"type": "web", "quantity": 0, "size": "Basic"}, {"type": "worker", "quantity": 2}]}
+    provider.start(info("shop"), memo)
+    assert shop.quantities() == {"web": 1, "worker": 2}

@@ -54,9 +54,8 @@ class HerokuProvider:
     poll_interval = 1.0  # a status during a wake costs two calls (formation, dynos)
     probe_upstream = True  # "up" dynos may still be booting the app: the router tells the truth
 
-    def __init__(self, client: ApiClient, refill_per_minute: float, reserve: int, page_size: int):
+    def __init__(self, client: ApiClient, reserve: int, page_size: int):
         self.client = client
-        self.refill = refill_per_minute / 60.0
         self.reserve = reserve
         self.page_size = page_size
         self.remaining: int | None = None  # the last RateLimit-Remaining seen
@@ -84,7 +83,7 @@ class HerokuProvider:
         session.headers["Authorization"] = f"Bearer {token}"
         limiter = RateLimiter(refill, burst=bucket)
         client = ApiClient(NAME, url, metrics, TOKEN_HINT, limiter=limiter, session=session)
-        return cls(client, refill, reserve, page_size)
+        return cls(client, reserve, page_size)
 
     # -- the provider interface -------------------------------------------------
 
@@ -118,6 +117,8 @@ class HerokuProvider:
             if "web" not in current:
                 raise ProviderError(NAME, app.name, "no formation remembered and the app has no web process type")
             wanted = [{"type": "web", "quantity": 1}]
+        if "web" in current and _web_quantity(wanted) == 0:  # a request is waiting: it needs a web dyno
+            wanted = [e for e in wanted if e["type"] != "web"] + [{"type": "web", "quantity": 1}]
         updates = []
         for entry in wanted:
             now = current.get(entry["type"])
