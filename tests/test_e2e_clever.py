@@ -109,3 +109,16 @@ def test_failed_deployment_is_a_502_naming_provider_and_app(platforms, paastis_f
     assert response.status_code == 502
     error = response.json()["error"]
     assert "clever-cloud" in error and "failed to start" in error
+
+
+def test_a_missing_credential_stops_start_up_naming_it(tmp_path, gunicorn_factory):
+    write_config(tmp_path)
+    env = {
+        "PROVIDER_NAME": "clever-cloud",
+        "PROVIDER_CLEVER_OAUTH_CONSUMER_KEY": "ck",
+        "PROVIDER_CLEVER_OAUTH_CONSUMER_SECRET": "cs",
+        "PROVIDER_CLEVER_TOKEN": "tk",
+    }
+    paastis = gunicorn_factory(env, wait=False)
+    wait_until(lambda: paastis.process.poll() is not None, 20, what="gunicorn to give up")
+    assert "PROVIDER_CLEVER_SECRET is required but not set" in paastis.logs()

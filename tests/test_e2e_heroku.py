@@ -113,3 +113,10 @@ def test_crashing_app_is_a_quick_502_naming_provider_and_app(platforms, paastis_
     assert response.status_code == 502
     error = response.json()["error"]
     assert "heroku" in error and "broken" in error
+
+
+def test_a_missing_token_stops_start_up_naming_it(tmp_path, gunicorn_factory):
+    write_config(tmp_path)
+    paastis = gunicorn_factory({"PROVIDER_NAME": "heroku"}, wait=False)
+    wait_until(lambda: paastis.process.poll() is not None, 20, what="gunicorn to give up")
+    assert "PROVIDER_HEROKU_API_TOKEN is required but not set" in paastis.logs()
