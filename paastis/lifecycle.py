@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import requests
 
@@ -187,10 +187,13 @@ class Lifecycle:
         tracked = {app.key: app for app in apps}
         by_name = {app.name: app for app in apps}
         for entry in self.registry.all():
-            target = by_name.get(self.rules.policy(entry.key).app_name)
-            if entry.key not in tracked and target is not None:
-                tracked.pop(target.key, None)
-                tracked[entry.key] = replace(target, key=entry.key)
+            if entry.key in tracked or self.rules.policy(entry.key).app_name == entry.key:
+                continue
+            target = self.directory.resolve(entry.key)  # by name, key or alias, as for requests
+            if target is not None:
+                listed = by_name.get(target.name)
+                tracked.pop(listed.key if listed else target.key, None)
+                tracked[entry.key] = target
         return tracked
 
     def stop(self, app: AppInfo, reason: str) -> bool:
@@ -381,8 +384,8 @@ class Lifecycle:
         known = self.registry.get(app.key) is not None
         if status == RUNNING and not known:
             self._register(app, "idle", ev.APP_REGISTERED)
-        elif status == STOPPED and known:
-            self._unregister(app.key, "idle", "found stopped")
+        elif status in (STOPPED, FAILED) and known:  # crashed: forgotten, so the next request wakes it
+            self._unregister(app.key, "idle", f"found {status}")
 
     def _idle(self, app: AppInfo) -> bool:
         """Idle by its own measure, and not held by a busy app that links to it (a back under its front)."""

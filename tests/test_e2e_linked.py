@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -66,14 +68,14 @@ def test_a_back_is_never_stopped_under_its_front(tmp_path, gunicorn_factory):
     assert "stopping back (idle)" in paastis.logs()
 
 
-def test_a_stopped_back_is_woken_again_by_its_front(tmp_path, gunicorn_factory):
+def test_a_back_that_died_is_woken_again_by_its_front(tmp_path, gunicorn_factory):
     front, _ = local_app(tmp_path, "front")
     back, back_port = local_app(tmp_path, "back")
-    rules = [{"pattern": "front", "linked_apps": ["back"]}, {"pattern": "back", "app_max_idle_time": 0.01}]
-    write_config(tmp_path, [front, back], rules)
+    write_config(tmp_path, [front, back], [{"pattern": "front", "linked_apps": ["back"]}])
     paastis = gunicorn_factory({"START_AND_STOP_CHECKING_INTERVAL": "0.3"})
     assert paastis.get("/echo", host="front.localhost").status_code == 200
-    wait_until(lambda: not port_open(back_port), 15, what="the back's own short idle time to stop it")
+    os.killpg(int((tmp_path / "state" / "back.pid").read_text()), signal.SIGKILL)
+    wait_until(lambda: "forgetting back: found failed" in paastis.logs(), 15, what="the idle check to see it")
     assert paastis.get("/echo", host="front.localhost").status_code == 200
     assert port_open(back_port) and starts(tmp_path, "back") == 2 and starts(tmp_path, "front") == 1
 
