@@ -6,12 +6,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+import redis
 
 from paastis import create_app
 from paastis.config import Settings
 from paastis.registry import utcnow
 from tests.fakes.scalingo_api import ScalingoPlatform
-from tests.redis_support import RedisServer, unique_prefix
+from tests.redis_support import SHARED_URL, RedisServer, delete_prefix, unique_prefix
 from tests.support import free_port, port_open, upstream_command, wait_until, write_config
 
 TOKEN = "s3cret-token-0123456789abcdef"
@@ -315,3 +316,26 @@ def test_provider_api_calls_and_errors_are_counted_and_health_tells_them(tmp_pat
     finally:
         app.extensions["paastis"].close()
         platform.close()
+
+
+def test_delete_apps_with_redis_forgets_only_the_registry(instance):
+    prefix = unique_prefix("api")
+    foreign = unique_prefix("foreign") + "key"  # another app's key in the same Redis
+    raw = redis.Redis.from_url(SHARED_URL, decode_responses=True)
+    raw.set(foreign, "kept")
+    app = instance(
+        REGISTRY_TYPE="redis", EVENTS_STORE_TYPE="redis", REGISTRY_REDIS_URL=SHARED_URL, REGISTRY_REDIS_PREFIX=prefix
+    )
+    client = app.test_client()
+    try:
+        assert call(client, "POST", "/apps/demo/start").status_code == 200
+        assert call(client, "GET", "/health").get_json()["redis"] == "ok"
+        assert call(client, "DELETE", "/apps").get_json() == {"forgotten": 1}
+        assert call(client, "GET", "/apps/demo").get_json()["monitored"] is False
+        assert raw.get(foreign) == "kept"
+        assert raw.xlen(prefix + "events") == 1  # the history is not the registry
+        assert [e["type"] for e in call(client, "GET", "/events").get_json()["events"]] == ["APP_STARTED"]
+    finally:
+        raw.delete(foreign)
+        delete_prefix(SHARED_URL, prefix)
+        raw.close()
