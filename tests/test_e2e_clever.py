@@ -61,7 +61,7 @@ def test_running_app_is_discovered_put_to_sleep_and_woken(platforms, paastis_for
     paastis = paastis_for(platform, **FAST_IDLE)
 
     wait_until(lambda: shop.state == "SHOULD_BE_DOWN", 20, what="the idle shop to be undeployed")
-    assert not shop.process.running
+    wait_until(lambda: not shop.process.running, 5, what="the shop's instance to stop")
     assert f"stopping {shop.key} (idle)" in paastis.logs()
 
     assert echo(paastis, shop.key)["app"] == "shop"  # the app-<uuid> host form

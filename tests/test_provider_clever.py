@@ -126,8 +126,14 @@ def test_start_stop_and_status(platforms):
     wait_until(lambda: provider.status(app) == RUNNING, 10, what="an instance UP")
     assert shop.process.answering
     assert provider.stop(app) is None  # the scaling is the app's configuration: nothing to remember
-    assert provider.status(app) == STOPPED and not shop.process.running
+    assert shop.up  # the undeploy is asynchronous: the instance is still UP for a moment…
+    assert provider.status(app) == STOPPED  # …but the app is on its way down
     assert platform.count("DELETE", f"/v2/self/applications/{shop.id}/instances") == 1
+    provider.start(app, None)  # woken again at once: a new deployment, not "already running"
+    assert shop.starts == 2
+    wait_until(lambda: provider.status(app) == RUNNING, 10, what="an instance UP again")
+    provider.stop(app)
+    wait_until(lambda: not shop.process.running, 5, what="the instance to stop")
 
 
 def test_a_crash_at_boot_is_failed(platforms):

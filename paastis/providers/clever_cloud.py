@@ -104,17 +104,17 @@ class CleverCloudProvider:
         return apps
 
     def status(self, app: AppInfo) -> str:
-        """Running with one instance ``UP``; else the instances, the app's state and its last deployment tell."""
-        states = {instance.get("state") for instance in self._instances(app)}
-        if "UP" in states:
-            return RUNNING
-        if states & BOOTING:
-            return STARTING
+        """The app's state first (an undeploy leaves instances ``UP`` for a moment), then ≥1 instance ``UP``."""
         state = self._get_app(app).get("state")
         if state == "SHOULD_BE_DOWN":
             return STOPPED
         if state in BLOCKED:
             return FAILED
+        states = {instance.get("state") for instance in self._instances(app)}
+        if "UP" in states:
+            return RUNNING
+        if states & BOOTING:
+            return STARTING
         deployment = self._last_deployment(app)
         if deployment is not None and deployment.get("state") == "FAIL":
             return FAILED

@@ -9,7 +9,7 @@ What it enforces, like the real one:
 - applications as root JSON arrays/objects with ``id`` ``app_<uuid>``, ``state`` and ``vhosts[].fqdn``;
 - ``POST …/instances`` redeploys (``WANTS_TO_BE_UP``, a ``WIP`` deployment, an instance ``DEPLOYING`` that is
   ``UP`` once the app has booted, or a ``FAIL`` deployment for an app that crashes at boot);
-  ``DELETE …/instances`` undeploys (``SHOULD_BE_DOWN``, no instances);
+  ``DELETE …/instances`` undeploys (``SHOULD_BE_DOWN`` at once, instances gone a moment later);
 - ``GET …/deployments?limit=N`` newest first.
 Clever Cloud documents no rate limit; :meth:`CleverPlatform.storm` answers 429 (with ``Retry-After``) to test
 that paastis survives one anyway.
@@ -56,6 +56,7 @@ class FakeCleverApp:
         self.process = PlatformApp(name, boot_delay=boot_delay)
         self.lock = threading.Lock()
         self.starts = 0
+        self.stop_delay = 0.3
 
     @property
     def key(self) -> str:
@@ -163,12 +164,21 @@ class FakeCleverApp:
             self.instances = [self.instance_json("UP")]
 
     def undeploy(self) -> None:
+        """Asynchronous, as on Clever Cloud: the state says down at once, the instances stop a moment later."""
         with self.lock:
             self.state = "SHOULD_BE_DOWN"
-            self.instances = []
+            generation = self.starts
             for deployment in self.deployments:
                 if deployment["state"] == "WIP":
                     deployment["state"] = "CANCELLED"
+        threading.Thread(target=self._shut_down, args=(generation,), daemon=True).start()
+
+    def _shut_down(self, generation: int) -> None:
+        time.sleep(self.stop_delay)
+        with self.lock:
+            if self.starts != generation:
+                return  # redeployed meanwhile
+            self.instances = []
         self.process.scale_down()
 
 
