@@ -228,3 +228,38 @@ def test_a_restarted_instance_neither_wakes_nor_stops_apps(tmp_path, gunicorn_fa
     assert second.get("/echo").status_code == 200
     assert starts(tmp_path) == 1
     assert json.loads(raw.hget(f"{prefix}registry:apps", "demo"))["started_at"] == before["started_at"]
+
+
+def test_a_long_download_on_one_instance_keeps_the_app_awake_for_the_leader(tmp_path, gunicorn_factory, shared):
+    app, port = demo_app(tmp_path)
+    write_config(tmp_path, [app])
+    # Idle after 0.6 s, checked every 0.3 s, while one response takes 4 s to stream through the other instance.
+    env = {**shared, "START_AND_STOP_MAX_IDLE_TIME": "0.01", "START_AND_STOP_CHECKING_INTERVAL": "0.3"}
+    instances = [gunicorn_factory(env, name="one"), gunicorn_factory(env, name="two")]
+    leader = wait_until(lambda: leaders(instances), 10, what="a leader")[0]
+    other = next(instance for instance in instances if instance is not leader)
+    response = other.get("/stream?chunks=8&delay=0.5", stream=True)
+    lines = [line for line in response.iter_lines() if line]
+    assert lines == [f"chunk {i}".encode() for i in range(8)]
+    assert starts(tmp_path) == 1
+    assert "stopping demo" not in leader.logs()
+    wait_until(lambda: not port_open(port), 15, what="the app to be stopped once idle")
+
+
+def test_a_request_arriving_as_the_leader_begins_a_stop_abandons_it(tmp_path, gunicorn_factory, shared):
+    app, port = demo_app(tmp_path)
+    write_config(tmp_path, [app])
+    hook_ran = tmp_path / "before-stop"
+    # The leader decides the app is idle, then its before_stop hook takes 1.5 s: a request comes in meanwhile.
+    env = {**shared, **FAST_IDLE, "HOOKS_BEFORE_STOP": f"touch {hook_ran}; sleep 1.5"}
+    instances = [gunicorn_factory(env, name="one"), gunicorn_factory(env, name="two")]
+    leader = wait_until(lambda: leaders(instances), 10, what="a leader")[0]
+    other = next(instance for instance in instances if instance is not leader)
+    assert other.get("/echo").status_code == 200
+    wait_until(hook_ran.exists, 15, what="the leader to begin stopping the idle app")
+    response = other.get("/stream?chunks=6&delay=0.5", stream=True)  # outlasts the hook
+    lines = [line for line in response.iter_lines() if line]
+    assert lines == [f"chunk {i}".encode() for i in range(6)]
+    assert "not stopping demo: a request arrived" in leader.logs()
+    assert starts(tmp_path) == 1
+    wait_until(lambda: not port_open(port), 15, what="the app to be stopped once really idle")
