@@ -179,3 +179,15 @@ def test_the_directory_maps_the_slug_and_the_key_to_one_app(platforms):
     directory.forget(shop.key)
     assert directory.resolve("shop") is None and directory.resolve(shop.key) is None
     assert directory.resolve("other") is not None
+
+
+def test_an_app_meant_to_be_up_without_instances_is_redeployed(platforms):
+    platform = platforms()
+    shop = platform.add_app("shop", running=True)
+    shop.instances = []  # its instance died and nothing is deploying it again
+    provider = provider_for(platform)
+    app = listed(provider)[shop.key]
+    assert provider.status(app) == STOPPED
+    provider.start(app, None)
+    assert shop.starts == 1
+    wait_until(lambda: provider.status(app) == RUNNING, 10, what="the redeployed instance UP")

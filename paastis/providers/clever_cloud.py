@@ -115,10 +115,13 @@ class CleverCloudProvider:
             return RUNNING
         if states & BOOTING:
             return STARTING
-        deployment = self._last_deployment(app)
-        if deployment is not None and deployment.get("state") == "FAIL":
+        deployment = (self._last_deployment(app) or {}).get("state")
+        if deployment == "FAIL":
             return FAILED
-        return STARTING if state in ("WANTS_TO_BE_UP", "SHOULD_BE_UP") else UNKNOWN
+        if deployment == "WIP" or state == "WANTS_TO_BE_UP":
+            return STARTING
+        # Meant to be up, yet no instance and nothing under way: down for good, a redeploy brings it back.
+        return STOPPED if state == "SHOULD_BE_UP" else UNKNOWN
 
     def start(self, app: AppInfo, memo: dict | None) -> None:
         """Redeploy, unless the app is up or already on its way (a second deployment would restart it)."""
