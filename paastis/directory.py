@@ -26,13 +26,19 @@ class Directory:
         self._by_key: dict[str, AppInfo] = {}
         self._by_name: dict[str, AppInfo] = {}
         self._refreshed_at: float | None = None
+        self.last_error: str | None = None  # why the last listing failed, while it is the latest word
         self._lock = threading.Lock()
         self._gate = threading.Lock()
 
     def refresh(self) -> list[AppInfo]:
         """List the provider's apps now (raises the provider's error, keeping the old list)."""
         with self._lock:
-            apps = self.provider.list_apps()
+            try:
+                apps = self.provider.list_apps()
+            except Exception as error:
+                self.last_error = str(error)
+                raise
+            self.last_error = None
             self._by_key = {app.key: app for app in apps}
             for app in apps:  # other labels an app answers to; a key always wins over another app's alias
                 for alias in app.aliases:

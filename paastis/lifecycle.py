@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 ROUTER_ERRORS = {502, 503, 504}  # what a PaaS router answers while an app is down or booting
 PROBE_INTERVAL = 0.1
+DOWN_CHECK_INTERVAL = 30.0  # seconds between provider checks of an app whose router says it is down
 FAILURE_MEMORY = 10.0  # seconds a failed start stays on the waiting page before a reload retries
 CLUSTER_POLL_INTERVAL = 0.1  # seconds between looks at another instance's start or stop
 
@@ -96,14 +97,21 @@ class Lifecycle:
         self.cluster_lock = cluster_lock
         self._flights: dict[str, Flight] = {}
         self._failures: dict[str, tuple[str, float]] = {}
+        self._down_checks: dict[str, float] = {}
         self._lock = threading.Lock()
         self._probe = requests.Session()
 
     # -- what the proxy asks ----------------------------------------------------
 
     def resolve(self, key: str) -> AppInfo:
-        """The app a request key stands for, or :class:`UnknownApp` (404)."""
+        """The app a request key stands for, or :class:`UnknownApp` (404).
+
+        While the provider cannot be listed, an app missing from the cache may exist:
+        that is a 502 naming the provider, not a 404.
+        """
         app = self.directory.resolve(key)
+        if app is None and self.directory.last_error is not None:
+            raise WakeError(key, f"cannot tell whether app {key!r} exists: {self.directory.last_error}")
         if app is None:
             raise UnknownApp(key, f"unknown app {key!r}")
         return app
@@ -112,6 +120,24 @@ class Lifecycle:
         """Where requests for ``app`` go: a rule's ``upstream_url``, else the provider's URL."""
         policy = self.rules.policy(app.key)
         return (policy.upstream_url or app.upstream_url or self.provider.upstream_url(app)).rstrip("/")
+
+    def router_says_down(self, app: AppInfo, status: int) -> bool:
+        """A PaaS router answered 502/503 for an app we believe awake: was it stopped behind our back?
+
+        Asks the provider at most once per app every ``DOWN_CHECK_INTERVAL`` seconds, so an
+        app that answers 503 itself cannot spend the API quota.
+        """
+        if status not in (502, 503) or not getattr(self.provider, "probe_upstream", False):
+            return False
+        now = time.monotonic()
+        if now - self._down_checks.get(app.key, -DOWN_CHECK_INTERVAL) < DOWN_CHECK_INTERVAL:
+            return False
+        self._down_checks[app.key] = now
+        try:
+            return self.provider.status(app) != RUNNING
+        except ProviderError as error:
+            log.warning("could not check whether %s is down: %s", app.key, error)
+            return False
 
     def is_awake(self, app: AppInfo) -> bool:
         """``app`` and every app it links to are registered and not being started or stopped."""

@@ -96,12 +96,13 @@ class _RawTargetAdapter(HTTPAdapter):
 class Proxy:
     """The streaming HTTP client side, with one pooled session shared by all threads."""
 
-    def __init__(self, lifecycle: Lifecycle, metrics: Any, wake_strategy_of):
+    def __init__(self, lifecycle: Lifecycle, metrics: Any, wake_strategy_of, ca_bundle: str | None = None):
         self.lifecycle = lifecycle
         self.metrics = metrics
         self.wake_strategy_of = wake_strategy_of
         self.session = requests.Session()
         self.session.trust_env = False  # no proxies or .netrc credentials from the environment
+        self.session.verify = ca_bundle or True  # upstream TLS is verified; REQUESTS_CA_BUNDLE still applies
         self.session.headers.clear()  # send only what the client sent
         self.session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))  # never keep cookies
         adapter = _RawTargetAdapter(pool_connections=32, pool_maxsize=64)
@@ -330,7 +331,6 @@ def forward(lifecycle: Lifecycle, proxy: Proxy, app: AppInfo) -> Response:
         upstream = lifecycle.upstream_url(app)
         try:
             response = proxy.send(request.method, upstream, target, request_headers(request, upstream), body)
-            break
         except requests.ConnectionError as error:
             refused = _never_connected(error)
             if attempt == 2 or not refused or (body is not None and body.started):
@@ -338,10 +338,18 @@ def forward(lifecycle: Lifecycle, proxy: Proxy, app: AppInfo) -> Response:
                 return error_response(502, f"app {app.key!r} did not answer: {_reason(error)}")
             log.info("upstream of %s refused the connection: checking and waking it", app.key)
             lifecycle.ensure_awake(app, recheck=True)
+            continue
         except requests.Timeout as error:
             return error_response(504, f"app {app.key!r} did not answer in time: {_reason(error)}")
         except requests.RequestException as error:
             return error_response(502, f"app {app.key!r} could not be reached: {_reason(error)}")
+        retry_safe = attempt == 1 and (body is None or not body.started)
+        if retry_safe and lifecycle.router_says_down(app, response.status_code):
+            response.close()
+            log.info("the platform says %s is down: waking it", app.key)
+            lifecycle.ensure_awake(app, recheck=True)
+            continue
+        break
     relayed = PassThroughResponse(
         relay(response),
         status=f"{response.status_code} {response.reason or ''}".strip(),

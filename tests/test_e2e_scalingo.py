@@ -160,9 +160,25 @@ def test_refused_token_gives_one_log_line_and_paastis_keeps_serving(platforms, p
     paastis = paastis_for(platform, PROVIDER_SCALINGO_API_TOKEN="tk-us-revoked", PROVIDER_DIRECTORY_TTL="0")
     for _ in range(3):
         response = paastis.get("/echo", host="shop.localhost", timeout=15)
-        assert response.status_code == 404  # nothing can be listed: no app is known
-    assert paastis.get("/echo", host="shop.localhost").status_code == 404  # still serving
+        assert response.status_code == 502  # nothing can be listed: not "unknown", but the provider failing
+        assert "scalingo" in response.json()["error"] and "credentials refused" in response.json()["error"]
+    assert paastis.get("/echo", host="shop.localhost").status_code == 502  # still serving
     refusals = [line for line in paastis.logs().splitlines() if "check PROVIDER_SCALINGO_API_TOKEN" in line]
     assert len(refusals) == 1 and "scalingo refused our credentials (401" in refusals[0]
     assert platform.refused_exchanges == 1  # later attempts failed fast instead of asking again
     assert "tk-us-revoked" not in paastis.logs()
+
+
+def test_app_stopped_behind_our_back_is_woken_when_the_router_says_so(platforms, paastis_for):
+    platform = platforms()
+    shop = platform.add_app("shop", formation={"web": (1, "M")}, running=True)
+    paastis = paastis_for(platform)
+    assert echo(paastis, "shop")["app"] == "shop"
+    with shop.lock:  # someone scales it down in the dashboard
+        shop.formation["web"]["amount"] = 0
+        shop.status = "stopped"
+    shop.process.scale_down()
+    assert echo(paastis, "shop")["app"] == "shop"  # the router's 503 made paastis check and wake it
+    assert shop.web == 1
+    assert "the platform says shop is down: waking it" in paastis.logs()
+
