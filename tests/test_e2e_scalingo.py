@@ -181,4 +181,3 @@ def test_app_stopped_behind_our_back_is_woken_when_the_router_says_so(platforms,
     assert echo(paastis, "shop")["app"] == "shop"  # the router's 503 made paastis check and wake it
     assert shop.web == 1
     assert "the platform says shop is down: waking it" in paastis.logs()
-
