@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import runpy
 import shutil
 import signal
 import socket
@@ -37,6 +36,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import requests
 
@@ -88,9 +88,11 @@ class Processes:
     def __init__(self, tmp: Path):
         self.tmp = tmp
         self.started: list[subprocess.Popen] = []
+        self.outputs: list[BinaryIO] = []
 
     def start(self, name: str, argv: list[str], env: dict[str, str], port: int) -> subprocess.Popen:
-        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        log = open(self.tmp / f"{name}.log", "ab")
+        self.outputs.append(log)
         process = subprocess.Popen(
             argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -117,6 +119,8 @@ class Processes:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        for output in self.outputs:
+            output.close()
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -128,9 +132,17 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def paastis_gunicorn_settings() -> dict[str, object]:
-    """The settings ``gunicorn.conf.py`` gives paastis here (after its single-worker rule)."""
-    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
-    return {k: conf[k] for k in ("worker_class", "workers", "threads", "keepalive")}
+    """The settings ``gunicorn.conf.py`` gives paastis here (after its single-worker rule).
+
+    Read in a child with paastis's own environment and working directory, so that the bare
+    proxy gets exactly what paastis gets.
+    """
+    script = (
+        "import json, runpy; conf = runpy.run_path('gunicorn.conf.py'); "
+        "print(json.dumps({k: conf[k] for k in ('worker_class', 'workers', 'threads', 'keepalive')}))"
+    )
+    out = subprocess.run([PYTHON, "-c", script], cwd=ROOT, env=clean_env(), capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def start_nginx(procs: Processes) -> int:
@@ -176,14 +188,16 @@ class Result:
     errors: int
 
 
-def run_wrk(port: int, connections: int, seconds: float) -> dict:
-    argv = [WRK, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "5s"]
+def run_wrk(port: int, connections: int, seconds: int) -> dict:
+    argv = [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s"]
     argv += ["-s", str(BENCH / "wrk_report.lua"), "-H", f"Host: {HOST}", f"http://127.0.0.1:{port}/"]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=seconds + 30)
+    if done.returncode != 0:
+        raise SystemExit(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure(target: str, port: int, connections: int, seconds: float, warmup: float) -> Result:
+def measure(target: str, port: int, connections: int, seconds: int, warmup: int) -> Result:
     if warmup > 0:
         run_wrk(port, connections, warmup)
     raw = run_wrk(port, connections, seconds)
@@ -326,9 +340,7 @@ def print_report(
         f"gunicorn (bare and paastis): {gunicorn['worker_class']}, {gunicorn['workers']} worker(s), "
         f"{gunicorn['threads']} threads, keep-alive {gunicorn['keepalive']} s"
     )
-    print(
-        f"wrk: 1 thread, {args.duration:g} s per case after {args.warmup:g} s warm-up, median of {args.repeat} run(s)\n"
-    )
+    print(f"wrk: 1 thread, {args.duration} s per case after {args.warmup} s warm-up, median of {args.repeat} run(s)\n")
     by = {(r.target, r.connections): r for r in results}
     print(f"{'target':<9} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
     for connections in args.connections:
@@ -368,8 +380,8 @@ def verdict(ok: bool) -> str:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=10, help="seconds of load per case (default 10)")
-    parser.add_argument("--warmup", type=float, default=2, help="seconds of warm-up before each case (default 2)")
+    parser.add_argument("--duration", type=int, default=10, help="whole seconds of load per case (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="whole seconds of warm-up per case (default 2, 0: none)")
     parser.add_argument("--connections", default="1,8,32", help="comma-separated connection counts (default 1,8,32)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds over all cases; medians are reported")
     parser.add_argument("--boot-delay", type=float, default=1.0, help="sleeping app's boot time in seconds")
