@@ -185,10 +185,32 @@ def test_foreign_keys_are_never_touched(make, prefix, raw):
         raw.delete(*foreign)
 
 
-def test_outage_serves_the_local_view_logs_once_and_recovers(tmp_path, caplog):
+class Records(logging.Handler):
+    """Collects records on a logger directly: ``paastis`` may not propagate to caplog's root handler."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def link_logs():
+    logger = logging.getLogger("paastis.redis_link")
+    handler, level = Records(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_outage_serves_the_local_view_logs_once_and_recovers(tmp_path, link_logs):
     server = RedisServer(tmp_path).start()
     registry = RedisRegistry(RedisLink(server.url, "p:", 0.3), flush_interval=0.1)
-    caplog.set_level(logging.INFO, logger="paastis")
+    caplog = link_logs
     try:
         registry.register(an_app("a"))
         assert registry.get("a") is not None
