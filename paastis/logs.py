@@ -33,7 +33,6 @@ def configure(level: str, fmt: str) -> None:
     handler.setFormatter(_formatter(fmt))
     handler._paastis = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
-    logger.propagate = False
 
 
 def _formatter(fmt: str) -> logging.Formatter:
