@@ -34,6 +34,16 @@ def gunicorn_factory(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
     kill_local_apps(state_dir)
 
 
+@pytest.fixture(autouse=True)
+def _restore_paastis_logger() -> Iterator[None]:
+    """``create_app`` configures the ``paastis`` logger (no propagation); undo it so ``caplog`` works in later tests."""
+    logger = logging.getLogger("paastis")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.propagate, logger.level = saved[1], saved[2]
+
+
 @pytest.fixture
 def paastis_caplog(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
     """``caplog`` for the ``paastis`` logger, which does not propagate once :mod:`paastis.logs` configured it."""
