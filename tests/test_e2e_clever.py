@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from tests.fakes.clever_api import CleverPlatform
+from tests.fakes.platform import closing_factory
 from tests.support import Gunicorn, wait_until, write_config
 
 FAST_IDLE = {"START_AND_STOP_MAX_IDLE_TIME": "0.02", "START_AND_STOP_CHECKING_INTERVAL": "1"}
 
 
-@pytest.fixture
-def platforms() -> Iterator[Callable[..., CleverPlatform]]:
-    made: list[CleverPlatform] = []
-
-    def make(**kwargs) -> CleverPlatform:
-        made.append(CleverPlatform(**kwargs))
-        return made[-1]
-
-    yield make
-    for platform in made:
-        platform.close()
+platforms = closing_factory(CleverPlatform)
 
 
 @pytest.fixture

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.fakes.platform import closing_factory
 from tests.fakes.scalingo_api import ScalingoPlatform
 from tests.redis_support import SHARED_URL, delete_prefix, unique_prefix
 from tests.support import Gunicorn, wait_until, write_config
@@ -15,17 +16,7 @@ from tests.support import Gunicorn, wait_until, write_config
 FAST_IDLE = {"START_AND_STOP_MAX_IDLE_TIME": "0.02", "START_AND_STOP_CHECKING_INTERVAL": "2"}
 
 
-@pytest.fixture
-def platforms() -> Iterator[Callable[..., ScalingoPlatform]]:
-    made: list[ScalingoPlatform] = []
-
-    def make(**kwargs) -> ScalingoPlatform:
-        made.append(ScalingoPlatform(**kwargs))
-        return made[-1]
-
-    yield make
-    for platform in made:
-        platform.close()
+platforms = closing_factory(ScalingoPlatform)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -14,6 +13,7 @@ from paastis.providers import FAILED, RUNNING, STARTING, STOPPED, AppInfo, AppNo
 from paastis.providers.clever_cloud import CleverCloudProvider, best_vhost, slugify
 from paastis.rules import Rules
 from tests.fakes.clever_api import CleverPlatform
+from tests.fakes.platform import closing_factory
 from tests.support import wait_until
 
 SECRETS = (
@@ -24,17 +24,7 @@ SECRETS = (
 )
 
 
-@pytest.fixture
-def platforms() -> Iterator[Callable[..., CleverPlatform]]:
-    made: list[CleverPlatform] = []
-
-    def make(**kwargs) -> CleverPlatform:
-        made.append(CleverPlatform(**kwargs))
-        return made[-1]
-
-    yield make
-    for platform in made:
-        platform.close()
+platforms = closing_factory(CleverPlatform)
 
 
 def env_for(platform: CleverPlatform, **extra: str) -> dict[str, str]:

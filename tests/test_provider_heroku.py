@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -14,20 +13,10 @@ from paastis.metrics import Metrics
 from paastis.providers import FAILED, RUNNING, STARTING, STOPPED, UNKNOWN, AppInfo, AppNotFound, ProviderAuthError
 from paastis.providers.heroku import MAX_STATUS_CHECKS, HerokuProvider
 from tests.fakes.heroku_api import HerokuPlatform
+from tests.fakes.platform import closing_factory
 from tests.support import wait_until
 
-
-@pytest.fixture
-def platforms() -> Iterator[Callable[..., HerokuPlatform]]:
-    made: list[HerokuPlatform] = []
-
-    def make(**kwargs) -> HerokuPlatform:
-        made.append(HerokuPlatform(**kwargs))
-        return made[-1]
-
-    yield make
-    for platform in made:
-        platform.close()
+platforms = closing_factory(HerokuPlatform)
 
 
 def provider_for(platform: HerokuPlatform, metrics: Metrics | None = None, **extra: str) -> HerokuProvider:

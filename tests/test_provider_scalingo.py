@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -15,22 +15,12 @@ from paastis.metrics import Metrics
 from paastis.providers import FAILED, RUNNING, STARTING, STOPPED, AppInfo, AppNotFound, ProviderAuthError, ProviderError
 from paastis.providers.scalingo import ScalingoProvider, jwt_lifetime, regional_urls
 from paastis.providers.shared_limiter import SharedRateLimiter
+from tests.fakes.platform import closing_factory
 from tests.fakes.scalingo_api import ScalingoPlatform
 from tests.redis_support import SHARED_URL, delete_prefix, unique_prefix
 from tests.support import wait_until
 
-
-@pytest.fixture
-def platforms() -> Iterator[Callable[..., ScalingoPlatform]]:
-    made: list[ScalingoPlatform] = []
-
-    def make(**kwargs) -> ScalingoPlatform:
-        made.append(ScalingoPlatform(**kwargs))
-        return made[-1]
-
-    yield make
-    for platform in made:
-        platform.close()
+platforms = closing_factory(ScalingoPlatform)
 
 
 def settings_for(platform: ScalingoPlatform, **extra: str) -> Settings:

@@ -14,10 +14,11 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
 import requests
 
 from tests.support import PYTHON, UPSTREAM_APP, free_port, port_open
@@ -235,3 +236,21 @@ class _Router:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def closing_factory(platform_class: type) -> Callable[[], Iterator[Callable[..., Any]]]:
+    """A pytest fixture that makes fake platforms on demand and closes them after the test."""
+
+    @pytest.fixture
+    def fixture() -> Iterator[Callable[..., Any]]:
+        made: list[Any] = []
+
+        def make(**kwargs: Any) -> Any:
+            made.append(platform_class(**kwargs))
+            return made[-1]
+
+        yield make
+        for platform in made:
+            platform.close()
+
+    return fixture
