@@ -5,10 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import redis
 from flask import Flask
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from . import logs
 from .config import ConfigError, Settings
@@ -21,7 +18,7 @@ from .metrics import Metrics
 from .providers import Provider, build_provider
 from .proxy import Proxy
 from .proxy import bp as proxy_blueprint
-from .redis_link import RedisLink
+from .redis_link import RedisLink, redis_client
 from .redis_registry import RedisRegistry
 from .registry import InMemoryRegistry, Registry
 from .rules import Rules, load_config_file
@@ -132,11 +129,6 @@ def build_event_store(settings: Settings) -> EventStore:
     """In memory, or a Redis stream under the registry's prefix that every instance shares."""
     if settings.events_store_type != "redis":
         return InMemoryEventStore(settings.events_max)
-    client = redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_socket_timeout,
-        socket_connect_timeout=settings.redis_socket_timeout,
-        retry=Retry(NoBackoff(), 0),  # fail fast: history must never hold a request
-        decode_responses=True,
-    )
+    assert settings.redis_url is not None  # Settings refuses redis without a URL
+    client = redis_client(settings.redis_url, settings.redis_socket_timeout)  # fails fast: never holds a request
     return RedisEventStore(client, f"{settings.redis_prefix}events", settings.events_max)
