@@ -261,6 +261,8 @@ class Lifecycle:
                 return
             flight, leader = self._join(app.key, "start")
             if leader:
+                if recheck:  # its upstream refused us: the entry is stale, and must not pass for "woken"
+                    self.registry.unregister(app.key)
                 self._lead_start(app, reason, flight, deadline)
                 return
             if not flight.done.wait(max(0.0, deadline - time.monotonic())):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -263,3 +264,18 @@ def test_a_request_arriving_as_the_leader_begins_a_stop_abandons_it(tmp_path, gu
     assert "not stopping demo: a request arrived" in leader.logs()
     assert starts(tmp_path) == 1
     wait_until(lambda: not port_open(port), 15, what="the app to be stopped once really idle")
+
+
+def test_an_app_that_died_is_woken_once_for_requests_on_both_instances(tmp_path, gunicorn_factory, shared):
+    app, port = demo_app(tmp_path, BOOT_DELAY=0.5)
+    write_config(tmp_path, [app])
+    one, two = gunicorn_factory(shared, name="one"), gunicorn_factory(shared, name="two")
+    assert one.get("/echo").status_code == 200 and two.get("/echo").status_code == 200
+    pid = int((tmp_path / "state" / "demo.pid").read_text())
+    assert pid > 1
+    os.killpg(pid, signal.SIGKILL)
+    wait_until(lambda: not port_open(port), 5, what="the app to die")
+    with ThreadPoolExecutor(20) as pool:  # both instances still believe it awake: every request is refused first
+        codes = list(pool.map(lambda i: (one, two)[i % 2].get("/echo").status_code, range(20)))
+    assert codes == [200] * 20
+    assert starts(tmp_path) == 2
