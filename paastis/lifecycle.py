@@ -222,6 +222,14 @@ class Lifecycle:
                 tracked[entry.key] = target
         return tracked
 
+    def forget_all(self, reason: str = "manual") -> int:
+        """Forget every registered app, touching none; the next idle check relearns what runs."""
+        entries = self.registry.all()
+        self.registry.clear()
+        for entry in entries:
+            self._emit(ev.APP_UNREGISTERED, entry.key, reason, message="registry cleared")
+        return len(entries)
+
     def stop(self, app: AppInfo, reason: str) -> bool:
         """Stop ``app`` unless something else is happening to it; True if it was stopped."""
         policy = self.rules.policy(app.key)

@@ -182,9 +182,7 @@ def show_app(name: str) -> Response:
 @bp.delete("/apps")
 def forget_apps() -> Response:
     """Forget the registry (paastis relearns what runs at the next idle check); no app is touched."""
-    registry = _paastis().registry
-    count = len(registry.all())
-    registry.clear()
+    count = _paastis().lifecycle.forget_all("manual")
     log.info("system API: registry cleared (%d app(s) forgotten)", count)
     return jsonify(forgotten=count)
 

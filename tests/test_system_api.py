@@ -181,6 +181,8 @@ def test_delete_apps_forgets_the_registry_and_touches_no_app(client):
     assert forgotten.status_code == 200 and forgotten.get_json() == {"forgotten": 1}
     demo = call(client, "GET", "/apps/demo").get_json()
     assert demo["monitored"] is False and demo["status"] == "running"  # still up, just no longer tracked
+    latest = call(client, "GET", "/events?limit=1").get_json()["events"][0]
+    assert (latest["type"], latest["app"], latest["reason"]) == ("APP_UNREGISTERED", "demo", "manual")
 
 
 def test_events_are_filtered_and_parameters_validated(client):
@@ -333,8 +335,9 @@ def test_delete_apps_with_redis_forgets_only_the_registry(instance):
         assert call(client, "DELETE", "/apps").get_json() == {"forgotten": 1}
         assert call(client, "GET", "/apps/demo").get_json()["monitored"] is False
         assert raw.get(foreign) == "kept"
-        assert raw.xlen(prefix + "events") == 1  # the history is not the registry
-        assert [e["type"] for e in call(client, "GET", "/events").get_json()["events"]] == ["APP_STARTED"]
+        assert raw.xlen(prefix + "events") == 2  # the history is not the registry: it only grows
+        events = call(client, "GET", "/events").get_json()["events"]
+        assert [e["type"] for e in events] == ["APP_UNREGISTERED", "APP_STARTED"]
     finally:
         raw.delete(foreign)
         delete_prefix(SHARED_URL, prefix)
