@@ -53,6 +53,7 @@ NOT_RETURNED = frozenset({"date", "server"})
 CHUNK = 64 * 1024
 CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 300
+VIA = "1.1 paastis"  # RFC 9110 §7.6.3; also how paastis recognises a request it already proxied
 ABSOLUTE_FORM = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 
 
@@ -165,6 +166,8 @@ def request_headers(req: Request, upstream: str) -> dict[str, str]:
     headers["X-Forwarded-For"] = f"{prior}, {client}" if prior else client
     headers["X-Forwarded-Proto"] = proto
     headers["X-Forwarded-Host"] = req.headers.get("Host", "")
+    prior_via = req.headers.get("Via")
+    headers["Via"] = f"{prior_via}, {VIA}" if prior_via else VIA
     origin = req.headers.get("Origin")
     if origin is not None and origin == f"{proto}://{req.headers.get('Host', '')}":
         headers["Origin"] = f"{parts.scheme}://{parts.netloc}"
@@ -292,6 +295,8 @@ def serve(lifecycle: Lifecycle, proxy: Proxy, registry: Any) -> Response:
         key = app_key_from_host(request.headers.get("Host"))
     except BadHost as error:
         return error_response(400, str(error))
+    if VIA in request.headers.get("Via", ""):
+        return error_response(508, f"request loop: app {key!r} leads back to paastis (is paastis its upstream?)")
     try:
         app = lifecycle.resolve(key)
     except WakeError as error:

@@ -203,3 +203,21 @@ def test_upload_with_content_length_keeps_it(paastis):
     assert seen["chunked"] is False
     assert headers_of(seen)["content-length"] == str(len(data))
     assert seen["body_sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_an_app_whose_upstream_is_paastis_itself_is_a_508_not_a_loop(tmp_path):
+    paastis = Gunicorn({"PAASTIS_CONFIG_FILE": str(tmp_path / "paastis.yml")}, tmp_path)
+    # The app's upstream is paastis, and the Host paastis sends it ("127.0.0.1:<port>") names the app again.
+    write_config(
+        tmp_path, [{"name": "127", "url": f"http://127.0.0.1:{paastis.port}", "start": "true", "stop": "true"}]
+    )
+    paastis.env["PAASTIS_STATE_DIR"] = str(tmp_path / "state")
+    paastis.start()
+    try:
+        response = paastis.get("/", host="127.localhost")
+        assert response.status_code == 508
+        assert "request loop" in response.json()["error"]
+        seen = paastis.get("/echo", host="unknown.localhost")  # still serving
+        assert seen.status_code == 404
+    finally:
+        paastis.stop()
