@@ -201,3 +201,17 @@ def test_json_logs_are_one_object_per_line(tmp_path, gunicorn_factory):
     messages = [record["message"] for record in records]
     assert any(message.startswith("demo is ready after") for message in messages)
     assert all(record["time"].endswith("+00:00") and record["level"] for record in records)
+
+
+def test_spawned_apps_do_not_inherit_paastis_secrets(tmp_path, gunicorn_factory):
+    write_config(tmp_path, [demo_app(tmp_path)[0]])
+    secrets = {
+        "ROUTING_SYSTEM_API_ENABLED": "true",
+        "ROUTING_SYSTEM_API_TOKEN": "admin-token-0123456789abcdef",
+        "PROVIDER_SCALINGO_API_TOKEN": "tk-us-secret",
+    }
+    paastis = gunicorn_factory({**secrets, "SHARED_SETTING": "visible"})
+    names = "&".join(f"name={name}" for name in [*secrets, "SHARED_SETTING"])
+    seen = paastis.get(f"/env?{names}").json()
+    assert seen["ROUTING_SYSTEM_API_TOKEN"] is None and seen["PROVIDER_SCALINGO_API_TOKEN"] is None
+    assert seen["ROUTING_SYSTEM_API_ENABLED"] == "true" and seen["SHARED_SETTING"] == "visible"

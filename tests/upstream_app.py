@@ -6,7 +6,8 @@ Environment: ``PORT`` (required), ``BOOT_DELAY`` (seconds before listening),
 
 Endpoints: ``/echo`` describes the request as JSON; ``/stream?chunks=N&delay=S`` sends
 chunks slowly; ``/big?mb=N`` streams N MiB; ``/upload`` hashes the body it receives;
-``/cookies`` sets two cookies; ``/redirect`` answers 302; ``/status/<code>``.
+``/cookies`` sets two cookies; ``/env?name=X`` tells environment variables;
+``/redirect`` answers 302; ``/status/<code>``.
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, b"{}", extra=[("Set-Cookie", "a=1; Path=/"), ("Set-Cookie", "b=2; Path=/")])
         if parts.path == "/redirect":
             return self._send(302, b"", extra=[("Location", "/elsewhere")])
+        if parts.path == "/env":
+            names = query.get("name", [])
+            return self._send(200, json.dumps({name: os.environ.get(name) for name in names}).encode())
         if parts.path.startswith("/status/"):
             return self._send(int(parts.path.rsplit("/", 1)[1]), b"{}")
         description = {

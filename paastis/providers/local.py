@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from .base import FAILED, RUNNING, STARTING, STOPPED, AppInfo, AppNotFound, Prov
 
 log = logging.getLogger(__name__)
 
+PAASTIS_SECRET = re.compile(r"ROUTING_SYSTEM_API_TOKEN|PROVIDER_\w*(TOKEN|SECRET|KEY)|REGISTRY_REDIS_URL")
 APP_FIELDS = {"name", "url", "command", "start", "stop", "ready_path", "cwd", "env", "stop_timeout"}
 
 
@@ -193,7 +195,8 @@ class LocalProvider:
             return None
 
     def _environment(self, app: LocalApp) -> dict[str, str]:
-        env = dict(os.environ)
+        """paastis's environment minus its own secrets (apps are not paastis), plus the app's."""
+        env = {k: v for k, v in os.environ.items() if not PAASTIS_SECRET.fullmatch(k)}
         env.update(app.env or {})
         env["PORT"] = str(app.address[1])
         env["PAASTIS_APP_NAME"] = app.name
