@@ -57,6 +57,26 @@ def upstream_command(**env: Any) -> str:
     return f"{assignments} exec {PYTHON} {UPSTREAM_APP}".strip()
 
 
+def local_app(tmp_path: Path, name: str = "demo", **env: Any) -> tuple[dict, int]:
+    """A ``paastis.yml`` app running the test upstream on a free port; it logs each boot for :func:`starts`."""
+    port = free_port()
+    env.setdefault("START_LOG", tmp_path / f"{name}-starts.log")
+    return {"name": name, "url": f"http://127.0.0.1:{port}", "command": upstream_command(**env)}, port
+
+
+def starts(tmp_path: Path, name: str = "demo") -> int:
+    """How many times the app made by :func:`local_app` booted."""
+    path = tmp_path / f"{name}-starts.log"
+    return len(path.read_text().split()) if path.exists() else 0
+
+
+def echo(paastis: Gunicorn, app: str, **kwargs: Any) -> dict:
+    """``GET /echo`` through paastis for ``app``, which must answer 200: what the app saw."""
+    response = paastis.get("/echo", host=f"{app}.localhost", **kwargs)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 def write_config(directory: Path, apps: list[dict] | None = None, rules: list[dict] | None = None) -> Path:
     path = directory / "paastis.yml"
     data: dict[str, Any] = {}

@@ -9,7 +9,7 @@ import pytest
 
 from tests.fakes.clever_api import CleverPlatform
 from tests.fakes.platform import closing_factory
-from tests.support import Gunicorn, wait_until, write_config
+from tests.support import Gunicorn, echo, wait_until, write_config
 
 FAST_IDLE = {"START_AND_STOP_MAX_IDLE_TIME": "0.02", "START_AND_STOP_CHECKING_INTERVAL": "1"}
 
@@ -37,12 +37,6 @@ def paastis_for(tmp_path, gunicorn_factory) -> Callable[..., Gunicorn]:
         return gunicorn_factory(env)
 
     return start
-
-
-def echo(paastis: Gunicorn, host: str, **kwargs) -> dict:
-    response = paastis.get("/echo", host=f"{host}.localhost", **kwargs)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def test_running_app_is_discovered_put_to_sleep_and_woken(platforms, paastis_for):

@@ -9,13 +9,21 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import redis
 
 from tests.redis_support import SHARED_URL, RedisServer, delete_prefix, unique_prefix
-from tests.support import PYTHON, UPSTREAM_APP, free_port, port_open, upstream_command, wait_until, write_config
+from tests.support import (
+    PYTHON,
+    UPSTREAM_APP,
+    free_port,
+    local_app,
+    port_open,
+    starts,
+    wait_until,
+    write_config,
+)
 
 LEADING = "now leading the idle checks"
 FAST_IDLE = {"START_AND_STOP_MAX_IDLE_TIME": "0.02", "START_AND_STOP_CHECKING_INTERVAL": "0.3"}
@@ -41,23 +49,12 @@ def raw():
     client.close()
 
 
-def demo_app(tmp_path: Path, name: str = "demo", **env) -> tuple[dict, int]:
-    port = free_port()
-    env.setdefault("START_LOG", tmp_path / f"{name}-starts.log")
-    return {"name": name, "url": f"http://127.0.0.1:{port}", "command": upstream_command(**env)}, port
-
-
-def starts(tmp_path: Path, name: str = "demo") -> int:
-    path = tmp_path / f"{name}-starts.log"
-    return len(path.read_text().split()) if path.exists() else 0
-
-
 def leaders(instances) -> list:
     return [instance for instance in instances if LEADING in instance.logs()]
 
 
 def test_one_registry_and_one_start_for_40_requests_over_two_instances(tmp_path, gunicorn_factory, shared, raw, prefix):
-    app, _ = demo_app(tmp_path, BOOT_DELAY=1)
+    app, _ = local_app(tmp_path, BOOT_DELAY=1)
     write_config(tmp_path, [app])
     one, two = gunicorn_factory(shared, name="one"), gunicorn_factory(shared, name="two")
     with ThreadPoolExecutor(40) as pool:
@@ -77,7 +74,7 @@ def test_exactly_one_stop_with_three_instances_and_foreign_keys_untouched(
     foreign = {"someone-else:session": "keep me", prefix.rstrip(":"): "keep me too"}
     for key, value in foreign.items():
         raw.set(key, value, ex=120)
-    app, port = demo_app(tmp_path)
+    app, port = local_app(tmp_path)
     write_config(tmp_path, [app])
     env = {**shared, **FAST_IDLE}
     instances = [gunicorn_factory(env, name="one"), gunicorn_factory(env, name="two")]
@@ -126,7 +123,7 @@ def test_a_request_during_a_stop_on_another_instance_waits_and_wakes_the_app(tmp
 
 
 def test_a_killed_leader_is_replaced_within_the_lock_ttl(tmp_path, gunicorn_factory, shared):
-    app, port = demo_app(tmp_path)
+    app, port = local_app(tmp_path)
     write_config(tmp_path, [app])
     env = {**shared, **FAST_IDLE, "SUPERVISOR_LOCK_TTL": "2"}
     instances = [gunicorn_factory(env, name=name) for name in ("one", "two", "three")]
@@ -144,8 +141,8 @@ def test_a_killed_leader_is_replaced_within_the_lock_ttl(tmp_path, gunicorn_fact
 
 def test_redis_stopped_and_restarted_under_traffic(tmp_path, gunicorn_factory, prefix):
     server = RedisServer(tmp_path).start()
-    demo, _ = demo_app(tmp_path)
-    other, _ = demo_app(tmp_path, "other")
+    demo, _ = local_app(tmp_path)
+    other, _ = local_app(tmp_path, "other")
     write_config(tmp_path, [demo, other])
     env = {
         "REGISTRY_TYPE": "redis",
@@ -193,7 +190,7 @@ def test_redis_stopped_and_restarted_under_traffic(tmp_path, gunicorn_factory, p
 
 
 def test_redis_url_falls_back_to_redis_url_then_scalingo_redis_url(tmp_path, gunicorn_factory, prefix, raw):
-    write_config(tmp_path, [demo_app(tmp_path)[0]])
+    write_config(tmp_path, [local_app(tmp_path)[0]])
     common = {"REGISTRY_TYPE": "redis", "REGISTRY_REDIS_PREFIX": prefix, "REGISTRY_REDIS_URL": ""}
     scalingo = gunicorn_factory({**common, "REDIS_URL": "", "SCALINGO_REDIS_URL": SHARED_URL}, name="scalingo")
     assert scalingo.get("/echo").status_code == 200
@@ -206,7 +203,7 @@ def test_redis_url_falls_back_to_redis_url_then_scalingo_redis_url(tmp_path, gun
 
 
 def test_redis_without_any_url_stops_start_up(tmp_path, gunicorn_factory):
-    write_config(tmp_path, [demo_app(tmp_path)[0]])
+    write_config(tmp_path, [local_app(tmp_path)[0]])
     env = {"REGISTRY_TYPE": "redis", "REGISTRY_REDIS_URL": "", "REDIS_URL": "", "SCALINGO_REDIS_URL": ""}
     server = gunicorn_factory(env, wait=False)
     wait_until(lambda: server.process.poll() is not None, 20, what="gunicorn to refuse to start")
@@ -215,7 +212,7 @@ def test_redis_without_any_url_stops_start_up(tmp_path, gunicorn_factory):
 
 
 def test_a_restarted_instance_neither_wakes_nor_stops_apps(tmp_path, gunicorn_factory, shared, raw, prefix):
-    app, port = demo_app(tmp_path)
+    app, port = local_app(tmp_path)
     write_config(tmp_path, [app])
     env = {**shared, "START_AND_STOP_CHECKING_INTERVAL": "0.3"}
     first = gunicorn_factory(env, name="first")
@@ -232,7 +229,7 @@ def test_a_restarted_instance_neither_wakes_nor_stops_apps(tmp_path, gunicorn_fa
 
 
 def test_a_long_download_on_one_instance_keeps_the_app_awake_for_the_leader(tmp_path, gunicorn_factory, shared):
-    app, port = demo_app(tmp_path)
+    app, port = local_app(tmp_path)
     write_config(tmp_path, [app])
     # Idle after 0.6 s, checked every 0.3 s, while one response takes 4 s to stream through the other instance.
     env = {**shared, "START_AND_STOP_MAX_IDLE_TIME": "0.01", "START_AND_STOP_CHECKING_INTERVAL": "0.3"}
@@ -248,7 +245,7 @@ def test_a_long_download_on_one_instance_keeps_the_app_awake_for_the_leader(tmp_
 
 
 def test_a_request_arriving_as_the_leader_begins_a_stop_abandons_it(tmp_path, gunicorn_factory, shared):
-    app, port = demo_app(tmp_path)
+    app, port = local_app(tmp_path)
     write_config(tmp_path, [app])
     hook_ran = tmp_path / "before-stop"
     # The leader decides the app is idle, then its before_stop hook takes 1.5 s: a request comes in meanwhile.
@@ -267,7 +264,7 @@ def test_a_request_arriving_as_the_leader_begins_a_stop_abandons_it(tmp_path, gu
 
 
 def test_an_app_that_died_is_woken_once_for_requests_on_both_instances(tmp_path, gunicorn_factory, shared):
-    app, port = demo_app(tmp_path, BOOT_DELAY=0.5)
+    app, port = local_app(tmp_path, BOOT_DELAY=0.5)
     write_config(tmp_path, [app])
     one, two = gunicorn_factory(shared, name="one"), gunicorn_factory(shared, name="two")
     assert one.get("/echo").status_code == 200 and two.get("/echo").status_code == 200

@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.support import PYTHON, UPSTREAM_APP, free_port, port_open, upstream_command, wait_until, write_config
+from tests.support import PYTHON, UPSTREAM_APP, free_port, port_open, starts, upstream_command, wait_until, write_config
 
 FAST_IDLE = {"START_AND_STOP_MAX_IDLE_TIME": "0.03", "START_AND_STOP_CHECKING_INTERVAL": "0.3"}
 
@@ -17,11 +17,6 @@ def local_app(tmp_path: Path, name: str, **env) -> tuple[dict, int]:
     port = free_port()
     env.setdefault("START_LOG", tmp_path / f"{name}-starts.log")
     return {"name": name, "url": f"http://127.0.0.1:{port}", "command": upstream_command(**env)}, port
-
-
-def starts(tmp_path: Path, name: str) -> int:
-    path = tmp_path / f"{name}-starts.log"
-    return len(path.read_text().split()) if path.exists() else 0
 
 
 def test_a_front_wakes_its_back_in_parallel_and_the_request_waits_for_both(tmp_path, gunicorn_factory):

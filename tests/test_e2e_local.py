@@ -7,26 +7,23 @@ import os
 import signal
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-from tests.support import PYTHON, UPSTREAM_APP, free_port, port_open, upstream_command, wait_until, write_config
+from tests.support import (
+    PYTHON,
+    UPSTREAM_APP,
+    free_port,
+    local_app,
+    port_open,
+    starts,
+    wait_until,
+    write_config,
+)
 
 FAST_FAIL = {"PROVIDER_OPERATION_TIMEOUT": "15"}
 
 
-def demo_app(tmp_path: Path, name: str = "demo", **env) -> tuple[dict, int]:
-    port = free_port()
-    env.setdefault("START_LOG", tmp_path / f"{name}-starts.log")
-    return {"name": name, "url": f"http://127.0.0.1:{port}", "command": upstream_command(**env)}, port
-
-
-def starts(tmp_path: Path, name: str = "demo") -> int:
-    path = tmp_path / f"{name}-starts.log"
-    return len(path.read_text().split()) if path.exists() else 0
-
-
 def test_wake_on_request_then_proxy(tmp_path, gunicorn_factory):
-    app, port = demo_app(tmp_path, BOOT_DELAY=0.5)
+    app, port = local_app(tmp_path, BOOT_DELAY=0.5)
     write_config(tmp_path, [app])
     paastis = gunicorn_factory()
     assert not port_open(port)
@@ -38,7 +35,7 @@ def test_wake_on_request_then_proxy(tmp_path, gunicorn_factory):
 
 
 def test_coalesced_wake_one_start_for_100_requests(tmp_path, gunicorn_factory):
-    app, _ = demo_app(tmp_path, BOOT_DELAY=1)
+    app, _ = local_app(tmp_path, BOOT_DELAY=1)
     write_config(tmp_path, [app])
     paastis = gunicorn_factory({"PAASTIS_THREADS": "128"})
     with ThreadPoolExecutor(100) as pool:
@@ -48,7 +45,7 @@ def test_coalesced_wake_one_start_for_100_requests(tmp_path, gunicorn_factory):
 
 
 def test_bad_host_gets_400_and_unknown_app_404(tmp_path, gunicorn_factory):
-    write_config(tmp_path, [demo_app(tmp_path)[0]])
+    write_config(tmp_path, [local_app(tmp_path)[0]])
     paastis = gunicorn_factory()
     bad = paastis.get(host="demo_app.localhost")
     assert bad.status_code == 400
@@ -60,8 +57,8 @@ def test_bad_host_gets_400_and_unknown_app_404(tmp_path, gunicorn_factory):
 
 
 def test_start_failure_is_a_quick_502_and_other_apps_still_work(tmp_path, gunicorn_factory):
-    broken, _ = demo_app(tmp_path, "broken", EXIT_CODE=3)
-    healthy, _ = demo_app(tmp_path, "healthy")
+    broken, _ = local_app(tmp_path, "broken", EXIT_CODE=3)
+    healthy, _ = local_app(tmp_path, "healthy")
     write_config(tmp_path, [broken, healthy])
     paastis = gunicorn_factory({"PROVIDER_OPERATION_TIMEOUT": "30"})
     response = paastis.get(host="broken.localhost", timeout=10)
@@ -98,7 +95,7 @@ def test_start_and_stop_commands_manage_an_app(tmp_path, gunicorn_factory):
 
 
 def test_start_timeout_is_a_504_naming_the_app(tmp_path, gunicorn_factory):
-    slow, _ = demo_app(tmp_path, "slow", BOOT_DELAY=30)
+    slow, _ = local_app(tmp_path, "slow", BOOT_DELAY=30)
     write_config(tmp_path, [slow])
     paastis = gunicorn_factory({"PROVIDER_OPERATION_TIMEOUT": "1.5"})
     response = paastis.get(host="slow.localhost")
@@ -107,7 +104,7 @@ def test_start_timeout_is_a_504_naming_the_app(tmp_path, gunicorn_factory):
 
 
 def test_idle_app_is_stopped_then_woken_again(tmp_path, gunicorn_factory):
-    app, port = demo_app(tmp_path)
+    app, port = local_app(tmp_path)
     write_config(tmp_path, [app])
     paastis = gunicorn_factory({"START_AND_STOP_MAX_IDLE_TIME": "0.02", "START_AND_STOP_CHECKING_INTERVAL": "0.3"})
     assert paastis.get("/echo").status_code == 200
@@ -118,7 +115,7 @@ def test_idle_app_is_stopped_then_woken_again(tmp_path, gunicorn_factory):
 
 
 def test_a_request_in_flight_keeps_the_app_awake(tmp_path, gunicorn_factory):
-    app, port = demo_app(tmp_path)
+    app, port = local_app(tmp_path)
     write_config(tmp_path, [app])
     # Idle after 0.6 s, checked every 0.3 s, while one response takes 4 s to stream.
     paastis = gunicorn_factory({"START_AND_STOP_MAX_IDLE_TIME": "0.01", "START_AND_STOP_CHECKING_INTERVAL": "0.3"})
@@ -130,7 +127,7 @@ def test_a_request_in_flight_keeps_the_app_awake(tmp_path, gunicorn_factory):
 
 
 def test_app_that_died_behind_our_back_is_woken_again(tmp_path, gunicorn_factory):
-    app, port = demo_app(tmp_path)
+    app, port = local_app(tmp_path)
     write_config(tmp_path, [app])
     paastis = gunicorn_factory()
     assert paastis.get("/echo").status_code == 200
@@ -143,7 +140,7 @@ def test_app_that_died_behind_our_back_is_woken_again(tmp_path, gunicorn_factory
 
 
 def test_waiting_page_for_browsers_while_api_calls_wait(tmp_path, gunicorn_factory):
-    app, _ = demo_app(tmp_path, BOOT_DELAY=2)
+    app, _ = local_app(tmp_path, BOOT_DELAY=2)
     write_config(tmp_path, [app])
     paastis = gunicorn_factory()
     page = paastis.get(headers={"Accept": "text/html,application/xhtml+xml"})
@@ -162,7 +159,7 @@ def test_waiting_page_for_browsers_while_api_calls_wait(tmp_path, gunicorn_facto
 
 
 def test_waiting_page_shows_a_failed_start(tmp_path, gunicorn_factory):
-    app, _ = demo_app(tmp_path, EXIT_CODE=1)
+    app, _ = local_app(tmp_path, EXIT_CODE=1)
     write_config(tmp_path, [app])
     paastis = gunicorn_factory()
     assert paastis.get(headers={"Accept": "text/html"}).status_code == 503
@@ -177,7 +174,7 @@ def test_waiting_page_shows_a_failed_start(tmp_path, gunicorn_factory):
 
 
 def test_blocking_strategy_never_answers_html(tmp_path, gunicorn_factory):
-    app, _ = demo_app(tmp_path, BOOT_DELAY=0.5)
+    app, _ = local_app(tmp_path, BOOT_DELAY=0.5)
     write_config(tmp_path, [app])
     paastis = gunicorn_factory({"WAKE_STRATEGY": "blocking"})
     response = paastis.get("/echo", headers={"Accept": "text/html"})
@@ -186,7 +183,7 @@ def test_blocking_strategy_never_answers_html(tmp_path, gunicorn_factory):
 
 
 def test_in_memory_registry_runs_one_worker_and_says_why(tmp_path, gunicorn_factory):
-    write_config(tmp_path, [demo_app(tmp_path)[0]])
+    write_config(tmp_path, [local_app(tmp_path)[0]])
     paastis = gunicorn_factory({"WEB_CONCURRENCY": "3"})
     assert paastis.get("/echo").status_code == 200
     assert len(paastis.worker_pids()) == 1
@@ -194,7 +191,7 @@ def test_in_memory_registry_runs_one_worker_and_says_why(tmp_path, gunicorn_fact
 
 
 def test_json_logs_are_one_object_per_line(tmp_path, gunicorn_factory):
-    write_config(tmp_path, [demo_app(tmp_path)[0]])
+    write_config(tmp_path, [local_app(tmp_path)[0]])
     paastis = gunicorn_factory({"LOG_FORMAT": "json"})
     assert paastis.get("/echo").status_code == 200
     records = [json.loads(line) for line in paastis.logs().splitlines() if line.startswith("{")]
@@ -204,7 +201,7 @@ def test_json_logs_are_one_object_per_line(tmp_path, gunicorn_factory):
 
 
 def test_spawned_apps_do_not_inherit_paastis_secrets(tmp_path, gunicorn_factory):
-    write_config(tmp_path, [demo_app(tmp_path)[0]])
+    write_config(tmp_path, [local_app(tmp_path)[0]])
     secrets = {
         "ROUTING_SYSTEM_API_ENABLED": "true",
         "ROUTING_SYSTEM_API_TOKEN": "admin-token-0123456789abcdef",

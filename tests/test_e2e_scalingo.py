@@ -11,7 +11,7 @@ import pytest
 from tests.fakes.platform import closing_factory
 from tests.fakes.scalingo_api import ScalingoPlatform
 from tests.redis_support import SHARED_URL, delete_prefix, unique_prefix
-from tests.support import Gunicorn, wait_until, write_config
+from tests.support import Gunicorn, echo, wait_until, write_config
 
 FAST_IDLE = {"START_AND_STOP_MAX_IDLE_TIME": "0.02", "START_AND_STOP_CHECKING_INTERVAL": "2"}
 
@@ -35,12 +35,6 @@ def paastis_for(tmp_path, gunicorn_factory) -> Callable[..., Gunicorn]:
         return gunicorn_factory(env)
 
     return start
-
-
-def echo(paastis: Gunicorn, app: str, **kwargs) -> dict:
-    response = paastis.get("/echo", host=f"{app}.localhost", **kwargs)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def test_running_app_is_discovered_put_to_sleep_and_woken_with_its_exact_formation(platforms, paastis_for):
