@@ -32,35 +32,12 @@ from pathlib import Path
 
 import requests
 
+from bench.proxy_bench import BENCH, HOST, NGINX, NGINX_CONF, WRK
 from tests.redis_support import RedisServer
 from tests.support import PYTHON, ROOT, free_port, port_open, wait_until, write_config
 
-WRK = shutil.which("wrk") or "/usr/bin/wrk"
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-HOST = "fast.localhost"
 SKIPPED = ("info", "client", "hello")  # our own INFO, connection handshakes
-
-REPORT_LUA = """
-done = function(summary, latency, requests)
-  io.write(string.format('{"requests":%d,"duration_us":%d,"p50":%d,"p99":%d,"non2xx":%d,"errors":%d}\\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), summary.errors.status,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
-end
-"""
-
-NGINX_CONF = """daemon off;
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/nb; proxy_temp_path {tmp}/np; fastcgi_temp_path {tmp}/nf;
-    uwsgi_temp_path {tmp}/nu; scgi_temp_path {tmp}/ns;
-    keepalive_requests 10000000;
-    server {{ listen 127.0.0.1:{port}; location / {{ default_type text/plain; return 200 "ok\\n"; }} }}
-}}
-"""
+REPORT_LUA = BENCH / "wrk_report.lua"
 
 
 def start(argv: list[str], env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
@@ -100,6 +77,11 @@ def paastis_env(tmp: Path, port: int, workers: int, registry: dict[str, str]) ->
     return env
 
 
+def failures(load: dict) -> int:
+    """Non-2xx answers and socket errors of one wrk run (see bench/wrk_report.lua)."""
+    return load["non2xx"] + load["connect"] + load["read"] + load["write"] + load["timeout"]
+
+
 def wrk(port: int, duration: float, connections: int, lua: Path) -> dict:
     argv = [WRK, "-t2", f"-c{connections}", f"-d{duration:g}s", "-H", f"Host: {HOST}", "-s", str(lua)]
     out = subprocess.run([*argv, f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
@@ -116,8 +98,7 @@ def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
 
 def run(args: argparse.Namespace) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="paastis-redis-bench-"))
-    lua = tmp / "report.lua"
-    lua.write_text(REPORT_LUA)
+    lua = REPORT_LUA
     upstream_port = free_port()
     (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=upstream_port))
     write_config(tmp, [{"name": "fast", "url": f"http://127.0.0.1:{upstream_port}", "start": "true", "stop": "true"}])
@@ -151,7 +132,7 @@ def run(args: argparse.Namespace) -> dict:
             results[name]["rps"] = statistics.median(load["rps"] for load in rounds)
             results[name]["p50"] = statistics.median(load["p50"] for load in rounds)
             results[name]["p99"] = statistics.median(load["p99"] for load in rounds)
-            results[name]["failed"] = sum(load["non2xx"] + load["errors"] for load in rounds)
+            results[name]["failed"] = sum(failures(load) for load in rounds)
         shared = results["redis"]
         commands: dict[str, int] = {}
         for load in shared["rounds"]:
