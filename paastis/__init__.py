@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
     )
     supervisor = Supervisor(lifecycle, settings.checking_interval, build_leadership(settings, registry), metrics)
     ca_bundle = settings.env.get("REQUESTS_CA_BUNDLE") or settings.env.get("CURL_CA_BUNDLE")
-    proxy = Proxy(lifecycle, metrics, lambda key: rules.policy(key).wake_strategy, ca_bundle)
+    proxy = Proxy(metrics, lambda key: rules.policy(key).wake_strategy, ca_bundle)
 
     app = Flask(__name__)
     app.extensions["paastis"] = Paastis(

@@ -30,6 +30,7 @@ from .rules import Rules
 log = logging.getLogger(__name__)
 
 ROUTER_ERRORS = {502, 503, 504}  # what a PaaS router answers while an app is down or booting
+DOWN_STATUSES = {502, 503}  # what it answers for an app that is not running (504: running, but slow)
 PROBE_INTERVAL = 0.1
 DOWN_CHECK_INTERVAL = 30.0  # seconds between provider checks of an app whose router says it is down
 FAILURE_MEMORY = 10.0  # seconds a failed start stays on the waiting page before a reload retries
@@ -127,7 +128,7 @@ class Lifecycle:
         Asks the provider at most once per app every ``DOWN_CHECK_INTERVAL`` seconds, so an
         app that answers 503 itself cannot spend the API quota.
         """
-        if status not in (502, 503) or not getattr(self.provider, "probe_upstream", False):
+        if status not in DOWN_STATUSES or not self.provider.probe_upstream:
             return False
         now = time.monotonic()
         if now - self._down_checks.get(app.key, -DOWN_CHECK_INTERVAL) < DOWN_CHECK_INTERVAL:
@@ -139,12 +140,12 @@ class Lifecycle:
             log.warning("could not check whether %s is down: %s", app.key, error)
             return False
 
-    def is_awake(self, app: AppInfo) -> bool:
-        """``app`` and every app it links to are registered and not being started or stopped."""
-        return all(self.registry.get(m.key) is not None and m.key not in self._flights for m in self.group(app))
+    def is_awake(self, group: list[AppInfo]) -> bool:
+        """Every app of ``group`` is registered and not being started or stopped."""
+        return all(self.registry.get(m.key) is not None and m.key not in self._flights for m in group)
 
     def group(self, app: AppInfo) -> list[AppInfo]:
-        """``app`` and every app it links to, transitively; cycles end, each app once."""
+        """``app`` (first) and every app it links to, transitively; cycles end, each app once."""
         seen: dict[str, AppInfo] = {app.key: app}
         queue = [app]
         while queue:
@@ -274,12 +275,15 @@ class Lifecycle:
                 self._lead_start(app, reason, flight, deadline)
                 return
             if not flight.done.wait(max(0.0, deadline - time.monotonic())):
-                raise WakeTimeout(app.key, f"app {app.key!r} did not become ready within {self.operation_timeout:g}s")
+                raise self._timeout(app)
             if flight.kind == "start":
                 if flight.error is not None:
                     raise flight.error
                 return
             recheck = False  # a stop just ended: go round and wake the app again
+
+    def _timeout(self, app: AppInfo) -> WakeTimeout:
+        return WakeTimeout(app.key, f"app {app.key!r} did not become ready within {self.operation_timeout:g}s")
 
     def _wake_quietly(self, app: AppInfo, reason: str) -> None:
         try:
@@ -322,7 +326,7 @@ class Lifecycle:
                     self._start(app, reason, deadline)
                     return
             if time.monotonic() >= deadline:
-                raise WakeTimeout(app.key, f"app {app.key!r} did not become ready within {self.operation_timeout:g}s")
+                raise self._timeout(app)
             waited = True
             time.sleep(CLUSTER_POLL_INTERVAL)
 
@@ -360,14 +364,14 @@ class Lifecycle:
             if self._ready(app, RUNNING if platform_running else STOPPED):
                 return
             if time.monotonic() >= deadline:
-                raise WakeTimeout(app.key, f"app {app.key!r} did not become ready within {self.operation_timeout:g}s")
+                raise self._timeout(app)
             time.sleep(min(PROBE_INTERVAL, self.provider.poll_interval))
 
     def _ready(self, app: AppInfo, status: str) -> bool:
         """Running for the platform, and (where the provider wants it) answering through its router."""
         if status != RUNNING:
             return False
-        if not getattr(self.provider, "probe_upstream", False):
+        if not self.provider.probe_upstream:
             return True
         url = self.upstream_url(app) + (self.provider.ready_path(app) or "/")
         try:

@@ -11,7 +11,7 @@ import html
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any
@@ -97,8 +97,7 @@ class _RawTargetAdapter(HTTPAdapter):
 class Proxy:
     """The streaming HTTP client side, with one pooled session shared by all threads."""
 
-    def __init__(self, lifecycle: Lifecycle, metrics: Any, wake_strategy_of, ca_bundle: str | None = None):
-        self.lifecycle = lifecycle
+    def __init__(self, metrics: Any, wake_strategy_of: Callable[[str], str], ca_bundle: str | None = None):
         self.metrics = metrics
         self.wake_strategy_of = wake_strategy_of
         self.session = requests.Session()
@@ -314,15 +313,16 @@ def serve(lifecycle: Lifecycle, proxy: Proxy, registry: Any) -> Response:
 
 def _serve_app(lifecycle: Lifecycle, proxy: Proxy, registry: Any, app: AppInfo) -> Response:
     try:
-        if not lifecycle.is_awake(app):
+        group = lifecycle.group(app)
+        if not lifecycle.is_awake(group):
             if wants_waiting_page(proxy.wake_strategy_of(app.key), request):
                 failure = lifecycle.failure(app.key)
                 if failure is None:  # a recent failure is shown until it expires, not retried at every reload
                     lifecycle.wake_in_background(app)
                 return waiting_page(app.key, failure)
             lifecycle.ensure_awake(app)
-        for member in lifecycle.group(app):
-            registry.touch(member.key)
+        for linked in group[1:]:  # keeps a back awake under its front; the app's own access ends its request
+            registry.touch(linked.key)
         return forward(lifecycle, proxy, app)
     except WakeError as error:
         return error_response(error.status, error.message)

@@ -59,6 +59,8 @@ class Provider(Protocol):
     """What paastis needs from a platform; everything else is the lifecycle's business."""
 
     name: str
+    poll_interval: float  # seconds between status calls while waking an app (its API budget decides)
+    probe_upstream: bool  # after the platform says "running", probe the app's URL until its router lets it through
 
     def list_apps(self) -> list[AppInfo]:
         """Every app of the account, in one call or one paged sequence."""
