@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.redis_support import SHARED_URL, delete_prefix, unique_prefix
 from tests.support import Gunicorn, kill_local_apps
 
 
@@ -55,3 +56,11 @@ def paastis_caplog(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptu
     yield caplog
     logger.removeHandler(caplog.handler)
     logger.propagate = propagate
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A Redis key prefix of this test's own on the shared server; only its keys are deleted afterwards."""
+    value = unique_prefix(request.node.module.__name__.rsplit(".", 1)[-1])
+    yield value
+    delete_prefix(SHARED_URL, value)

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from tests.redis_support import SHARED_URL, RedisServer, delete_prefix, unique_prefix
+from tests.redis_support import SHARED_URL, RedisServer
 from tests.support import (
     PYTHON,
     UPSTREAM_APP,
@@ -27,13 +27,6 @@ from tests.support import (
 
 LEADING = "now leading the idle checks"
 FAST_IDLE = {"START_AND_STOP_MAX_IDLE_TIME": "0.02", "START_AND_STOP_CHECKING_INTERVAL": "0.3"}
-
-
-@pytest.fixture
-def prefix():
-    value = unique_prefix("e2e")
-    yield value
-    delete_prefix(SHARED_URL, value)
 
 
 @pytest.fixture

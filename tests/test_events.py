@@ -15,15 +15,8 @@ from paastis import build_event_store, create_app
 from paastis.config import Settings
 from paastis.events import EVENT_TYPES, Event, EventStoreUnavailable, InMemoryEventStore
 from paastis.registry import utcnow
-from tests.redis_support import SHARED_URL, RedisServer, delete_prefix, unique_prefix
+from tests.redis_support import SHARED_URL, RedisServer
 from tests.support import PYTHON, UPSTREAM_APP, free_port, port_open, upstream_command, wait_until, write_config
-
-
-@pytest.fixture
-def prefix():
-    value = unique_prefix("events")
-    yield value
-    delete_prefix(SHARED_URL, value)
 
 
 def redis_store(prefix: str, maximum: int = 10_000, url: str = SHARED_URL):

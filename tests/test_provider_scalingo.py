@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -17,7 +16,7 @@ from paastis.providers.scalingo import ScalingoProvider, jwt_lifetime, regional_
 from paastis.providers.shared_limiter import SharedRateLimiter
 from tests.fakes.platform import closing_factory
 from tests.fakes.scalingo_api import ScalingoPlatform
-from tests.redis_support import SHARED_URL, delete_prefix, unique_prefix
+from tests.redis_support import SHARED_URL
 from tests.support import wait_until
 
 platforms = closing_factory(ScalingoPlatform)
@@ -324,13 +323,6 @@ def test_idle_checks_that_would_spend_the_budget_are_warned_about(platforms, cap
 # -- the budget shared in Redis by several workers -------------------------------------
 
 
-@pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    prefix = unique_prefix("scalingo")
-    yield prefix
-    delete_prefix(SHARED_URL, prefix)
-
-
 def redis_settings(prefix: str, budget: int) -> dict[str, str]:
     return {
         "REGISTRY_TYPE": "redis",
@@ -340,12 +332,12 @@ def redis_settings(prefix: str, budget: int) -> dict[str, str]:
     }
 
 
-def test_workers_share_one_budget_in_redis(platforms, redis_prefix):
+def test_workers_share_one_budget_in_redis(platforms, prefix):
     platform = platforms()
     platform.add_app("shop")
     shop = AppInfo(key="shop", name="shop", region="osc-fr1")
-    first = provider_for(platform, **redis_settings(redis_prefix, 12))
-    second = provider_for(platform, **redis_settings(redis_prefix, 12))  # another gunicorn worker
+    first = provider_for(platform, **redis_settings(prefix, 12))
+    second = provider_for(platform, **redis_settings(prefix, 12))  # another gunicorn worker
     assert isinstance(second.limiter, SharedRateLimiter)
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda _: first.status(shop), range(7)))
@@ -357,10 +349,10 @@ def test_workers_share_one_budget_in_redis(platforms, redis_prefix):
     second.close()
 
 
-def test_a_429_seen_by_one_worker_pauses_the_others(platforms, redis_prefix):
+def test_a_429_seen_by_one_worker_pauses_the_others(platforms, prefix):
     platform = platforms()
-    first = provider_for(platform, **redis_settings(redis_prefix, 60))
-    second = provider_for(platform, **redis_settings(redis_prefix, 60))
+    first = provider_for(platform, **redis_settings(prefix, 60))
+    second = provider_for(platform, **redis_settings(prefix, 60))
     first.limiter.slow_down(5)
     assert 4 < second.limiter.delay() <= 5
     first.close()

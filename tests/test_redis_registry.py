@@ -15,15 +15,8 @@ from paastis.leader import ClusterLocks, RedisLeadership
 from paastis.redis_link import RedisLink
 from paastis.redis_registry import RedisRegistry
 from paastis.registry import RunningApp
-from tests.redis_support import SHARED_URL, RedisServer, delete_prefix, unique_prefix
+from tests.redis_support import SHARED_URL, RedisServer
 from tests.support import wait_until
-
-
-@pytest.fixture
-def prefix():
-    value = unique_prefix("unit")
-    yield value
-    delete_prefix(SHARED_URL, value)
 
 
 @pytest.fixture
