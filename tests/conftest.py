@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.redis_support import SHARED_URL, delete_prefix, unique_prefix
-from tests.support import Gunicorn, kill_local_apps
+from tests.support import Gunicorn, kill_local_apps, write_config
 
 
 @pytest.fixture
@@ -64,3 +65,14 @@ def prefix(request: pytest.FixtureRequest) -> Iterator[str]:
     value = unique_prefix(request.node.module.__name__.rsplit(".", 1)[-1])
     yield value
     delete_prefix(SHARED_URL, value)
+
+
+@pytest.fixture
+def paastis_for(tmp_path: Path, gunicorn_factory: Callable[..., Gunicorn]) -> Callable[..., Gunicorn]:
+    """Start paastis against a fake PaaS platform (anything with ``paastis_env()``), no local apps."""
+
+    def start(platform: Any, **extra: str) -> Gunicorn:
+        write_config(tmp_path)
+        return gunicorn_factory({**platform.paastis_env(), "PROVIDER_OPERATION_TIMEOUT": "30", **extra})
+
+    return start

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-
-import pytest
 
 from tests.fakes.clever_api import CleverPlatform
 from tests.fakes.platform import closing_factory
-from tests.support import Gunicorn, echo, wait_until, write_config
+from tests.support import echo, wait_until, write_config
 
 FAST_IDLE = {"START_AND_STOP_MAX_IDLE_TIME": "0.02", "START_AND_STOP_CHECKING_INTERVAL": "1"}
 
@@ -17,33 +14,11 @@ FAST_IDLE = {"START_AND_STOP_MAX_IDLE_TIME": "0.02", "START_AND_STOP_CHECKING_IN
 platforms = closing_factory(CleverPlatform)
 
 
-@pytest.fixture
-def paastis_for(tmp_path, gunicorn_factory) -> Callable[..., Gunicorn]:
-    def start(platform: CleverPlatform, **extra: str) -> Gunicorn:
-        write_config(tmp_path)
-        env = {
-            "PROVIDER_NAME": "clever-cloud",
-            "PROVIDER_CLEVER_OAUTH_CONSUMER_KEY": platform.consumer_key,
-            "PROVIDER_CLEVER_OAUTH_CONSUMER_SECRET": platform.consumer_secret,
-            "PROVIDER_CLEVER_TOKEN": platform.token,
-            "PROVIDER_CLEVER_SECRET": platform.secret,
-            "PROVIDER_CLEVER_API_HOST": platform.url,
-            "PROVIDER_CLEVER_UPSTREAM_SCHEME": "http",  # the fake's custom domains are 127.0.0.1:<port>
-            "PROVIDER_CLEVER_OPERATION_TIMEOUT": "30",
-            **extra,
-        }
-        if platform.organisation_id:
-            env["PROVIDER_CLEVER_ORGANISATION_ID"] = platform.organisation_id
-        return gunicorn_factory(env)
-
-    return start
-
-
 def test_running_app_is_discovered_put_to_sleep_and_woken(platforms, paastis_for):
     platform = platforms(organisation_id="orga_0123")
     shop = platform.add_app("shop", running=True)
     wait_until(lambda: shop.process.answering, 10, what="the shop to have booted")
-    paastis = paastis_for(platform, **FAST_IDLE)
+    paastis = paastis_for(platform, PROVIDER_CLEVER_ORGANISATION_ID="orga_0123", **FAST_IDLE)
 
     wait_until(lambda: shop.state == "SHOULD_BE_DOWN", 20, what="the idle shop to be undeployed")
     wait_until(lambda: not shop.process.running, 5, what="the shop's instance to stop")

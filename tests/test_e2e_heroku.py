@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-
-import pytest
 
 from tests.fakes.heroku_api import HerokuPlatform
 from tests.fakes.platform import closing_factory
-from tests.support import Gunicorn, echo, wait_until, write_config
+from tests.support import echo, wait_until, write_config
 
 FAST_IDLE = {"START_AND_STOP_MAX_IDLE_TIME": "0.02", "START_AND_STOP_CHECKING_INTERVAL": "1"}
 
 
 platforms = closing_factory(HerokuPlatform)
-
-
-@pytest.fixture
-def paastis_for(tmp_path, gunicorn_factory) -> Callable[..., Gunicorn]:
-    def start(platform: HerokuPlatform, **extra: str) -> Gunicorn:
-        write_config(tmp_path)
-        env = {
-            "PROVIDER_NAME": "heroku",
-            "PROVIDER_HEROKU_API_TOKEN": platform.token,
-            "PROVIDER_HEROKU_API_URL": platform.url,
-            "PROVIDER_HEROKU_OPERATION_TIMEOUT": "30",
-            **extra,
-        }
-        return gunicorn_factory(env)
-
-    return start
 
 
 def test_running_app_is_discovered_put_to_sleep_and_woken_with_its_exact_formation(platforms, paastis_for):

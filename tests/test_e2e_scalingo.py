@@ -3,38 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-
-import pytest
 
 from tests.fakes.platform import closing_factory
 from tests.fakes.scalingo_api import ScalingoPlatform
 from tests.redis_support import SHARED_URL, delete_prefix, unique_prefix
-from tests.support import Gunicorn, echo, wait_until, write_config
+from tests.support import echo, wait_until
 
 FAST_IDLE = {"START_AND_STOP_MAX_IDLE_TIME": "0.02", "START_AND_STOP_CHECKING_INTERVAL": "2"}
 
 
 platforms = closing_factory(ScalingoPlatform)
-
-
-@pytest.fixture
-def paastis_for(tmp_path, gunicorn_factory) -> Callable[..., Gunicorn]:
-    def start(platform: ScalingoPlatform, **extra: str) -> Gunicorn:
-        write_config(tmp_path)
-        env = {
-            "PROVIDER_NAME": "scalingo",
-            "PROVIDER_SCALINGO_API_TOKEN": platform.api_token,
-            "PROVIDER_REGION": platform.region_names,
-            "PROVIDER_SCALINGO_API_URL": platform.api_urls,
-            "PROVIDER_SCALINGO_AUTH_URL": platform.auth.url,
-            "PROVIDER_SCALINGO_OPERATION_TIMEOUT": "30",
-            **extra,
-        }
-        return gunicorn_factory(env)
-
-    return start
 
 
 def test_running_app_is_discovered_put_to_sleep_and_woken_with_its_exact_formation(platforms, paastis_for):

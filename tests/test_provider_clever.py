@@ -28,16 +28,7 @@ platforms = closing_factory(CleverPlatform)
 
 
 def env_for(platform: CleverPlatform, **extra: str) -> dict[str, str]:
-    return {
-        "PROVIDER_NAME": "clever-cloud",
-        "PROVIDER_CLEVER_OAUTH_CONSUMER_KEY": platform.consumer_key,
-        "PROVIDER_CLEVER_OAUTH_CONSUMER_SECRET": platform.consumer_secret,
-        "PROVIDER_CLEVER_TOKEN": platform.token,
-        "PROVIDER_CLEVER_SECRET": platform.secret,
-        "PROVIDER_CLEVER_API_HOST": platform.url,
-        "PROVIDER_CLEVER_UPSTREAM_SCHEME": "http",
-        **extra,
-    }
+    return {**platform.paastis_env(), **extra}
 
 
 def provider_for(platform: CleverPlatform, **extra: str) -> CleverCloudProvider:

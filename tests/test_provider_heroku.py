@@ -20,12 +20,7 @@ platforms = closing_factory(HerokuPlatform)
 
 
 def provider_for(platform: HerokuPlatform, metrics: Metrics | None = None, **extra: str) -> HerokuProvider:
-    env = {
-        "PROVIDER_NAME": "heroku",
-        "PROVIDER_HEROKU_API_TOKEN": platform.token,
-        "PROVIDER_HEROKU_API_URL": platform.url,
-        **extra,
-    }
+    env = {**platform.paastis_env(), **extra}
     return HerokuProvider.from_settings(Settings.from_env(env), {}, metrics or Metrics())
 
 

@@ -23,15 +23,7 @@ platforms = closing_factory(ScalingoPlatform)
 
 
 def settings_for(platform: ScalingoPlatform, **extra: str) -> Settings:
-    env = {
-        "PROVIDER_NAME": "scalingo",
-        "PROVIDER_SCALINGO_API_TOKEN": platform.api_token,
-        "PROVIDER_REGION": platform.region_names,
-        "PROVIDER_SCALINGO_API_URL": platform.api_urls,
-        "PROVIDER_SCALINGO_AUTH_URL": platform.auth.url,
-        "PROVIDER_SCALINGO_OPERATION_TIMEOUT": "20",
-        **extra,
-    }
+    env = {**platform.paastis_env(), "PROVIDER_SCALINGO_OPERATION_TIMEOUT": "20", **extra}
     return Settings.from_env(env)
 
 

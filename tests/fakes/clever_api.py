@@ -201,6 +201,18 @@ class CleverPlatform(FakeApiServer):
 
     # -- what tests set up and look at -----------------------------------------
 
+    def paastis_env(self) -> dict[str, str]:
+        """The settings that point paastis at this fake account's personal space."""
+        return {
+            "PROVIDER_NAME": "clever-cloud",
+            "PROVIDER_CLEVER_OAUTH_CONSUMER_KEY": self.consumer_key,
+            "PROVIDER_CLEVER_OAUTH_CONSUMER_SECRET": self.consumer_secret,
+            "PROVIDER_CLEVER_TOKEN": self.token,
+            "PROVIDER_CLEVER_SECRET": self.secret,
+            "PROVIDER_CLEVER_API_HOST": self.url,
+            "PROVIDER_CLEVER_UPSTREAM_SCHEME": "http",  # the fake's custom domains are 127.0.0.1:<port>
+        }
+
     def add_app(
         self, name: str, running: bool = False, boot_delay: float = 0.3, crash: bool = False, personal: bool = False
     ) -> FakeCleverApp:

@@ -187,6 +187,10 @@ class HerokuPlatform(FakeApiServer):
 
     # -- what tests set up and look at -----------------------------------------
 
+    def paastis_env(self) -> dict[str, str]:
+        """The settings that point paastis at this fake account."""
+        return {"PROVIDER_NAME": "heroku", "PROVIDER_HEROKU_API_TOKEN": self.token, "PROVIDER_HEROKU_API_URL": self.url}
+
     def add_app(
         self,
         name: str,

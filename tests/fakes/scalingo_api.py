@@ -145,6 +145,16 @@ class ScalingoPlatform:
 
     # -- what tests set up and look at -----------------------------------------
 
+    def paastis_env(self) -> dict[str, str]:
+        """The settings that point paastis at this fake account."""
+        return {
+            "PROVIDER_NAME": "scalingo",
+            "PROVIDER_SCALINGO_API_TOKEN": self.api_token,
+            "PROVIDER_REGION": self.region_names,
+            "PROVIDER_SCALINGO_API_URL": self.api_urls,
+            "PROVIDER_SCALINGO_AUTH_URL": self.auth.url,
+        }
+
     def add_app(
         self,
         name: str,
