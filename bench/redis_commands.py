@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import requests
 
-from bench.proxy_bench import BENCH, HOST, NGINX, NGINX_CONF, WRK
+from bench.proxy_bench import BENCH, HOST, NGINX, NGINX_CONF, WRK, stop
 from tests.redis_support import RedisServer
 from tests.support import PYTHON, ROOT, free_port, port_open, wait_until, write_config
 
@@ -49,16 +48,6 @@ def start(argv: list[str], env: dict[str, str], port: int, log: Path) -> subproc
     if process.poll() is not None:
         raise SystemExit(f"{argv} exited:\n{log.read_text(errors='replace')}")
     return process
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def paastis_env(tmp: Path, port: int, workers: int, registry: dict[str, str]) -> dict[str, str]:
