@@ -298,10 +298,11 @@ class Lifecycle:
             self._start_in_cluster(app, reason, deadline)
         except WakeError as error:
             flight.error = error
+        except AppNotFound as error:  # deleted since the last listing: forget it, and say so
+            self.directory.forget(app.key)
+            flight.error = UnknownApp(app.key, f"unknown app {app.key!r} ({error})")
         except (ProviderError, HookFailed) as error:
             flight.error = WakeError(app.key, str(error))
-            if isinstance(error, AppNotFound):
-                self.directory.forget(app.key)
         except Exception as error:  # noqa: BLE001 - a bug must not leave waiters hanging
             log.exception("unexpected error while starting %s", app.key)
             flight.error = WakeError(app.key, f"unexpected error while starting {app.key!r}: {error}")

@@ -145,3 +145,20 @@ def test_app_stopped_behind_our_back_is_woken_when_the_router_says_so(platforms,
     assert echo(paastis, "shop")["app"] == "shop"  # the router's 503 made paastis check and wake it
     assert shop.web == 1
     assert "the platform says shop is down: waking it" in paastis.logs()
+
+
+def test_an_app_deleted_since_the_last_listing_is_a_404_and_forgotten(platforms, paastis_for):
+    platform = platforms()
+    platform.add_app("shop", formation={"web": (1, "M")})
+    gone = platform.add_app("gone", formation={"web": (1, "M")})
+    paastis = paastis_for(platform)
+    assert echo(paastis, "shop")["app"] == "shop"  # the listing now knows "gone" too
+    del platform.apps["gone"]
+    gone.process.close()
+    first = paastis.get(host="gone.localhost")
+    assert first.status_code == 404 and "gone" in first.json()["error"]
+    calls = platform.calls("GET", "/v1/apps/gone.*")
+    assert calls >= 1  # the wake asked Scalingo, which said 404
+    again = paastis.get(host="gone.localhost")
+    assert again.status_code == 404
+    assert platform.calls("GET", "/v1/apps/gone.*") == calls  # forgotten: no more API calls for it
