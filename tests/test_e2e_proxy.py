@@ -221,3 +221,9 @@ def test_an_app_whose_upstream_is_paastis_itself_is_a_508_not_a_loop(tmp_path):
         assert seen.status_code == 404
     finally:
         paastis.stop()
+
+
+def test_a_request_without_host_is_a_400(paastis):
+    answer = raw_exchange(paastis.port, b"GET /echo HTTP/1.0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 400") or answer.startswith(b"HTTP/1.1 400")
+    assert b"missing Host header" in answer
