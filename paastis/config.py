@@ -14,6 +14,9 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
+from .passive import DEFAULT_USER_AGENTS, PassivePatternError, compile_paths, compile_user_agents
+from .schedules import ScheduleError, Window, parse_windows, zone
+
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message is meant for the operator."""
@@ -107,6 +110,7 @@ PROVIDERS = ("local", "scalingo", "heroku", "clever-cloud")
 WAKE_STRATEGIES = ("auto", "blocking", "waiting-page")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 STORE_TYPES = ("in-memory", "redis")
+EVENTS_STORE_TYPES = (*STORE_TYPES, "postgres")
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,14 @@ class Settings:
     events_max: int = 10_000
     system_api_enabled: bool = False
     system_api_token: str | None = field(default=None, repr=False)
+    database_url: str | None = field(default=None, repr=False)
+    timezone: str = "UTC"
+    awake_during: tuple[Window, ...] = ()
+    asleep_during: tuple[Window, ...] = ()
+    passive_user_agents: tuple[str, ...] = DEFAULT_USER_AGENTS
+    passive_paths: tuple[str, ...] = ()
+    dry_run: bool = False
+    currency: str = "EUR"
     env: Env = field(default_factory=lambda: Env({}), repr=False, compare=False)
 
     @classmethod
@@ -154,13 +166,16 @@ class Settings:
     @classmethod
     def from_reader(cls, env: Env) -> Settings:
         registry_type = env.choice("REGISTRY_TYPE", "in-memory", STORE_TYPES)
-        events_store_type = env.choice("EVENTS_STORE_TYPE", "in-memory", STORE_TYPES)
+        events_store_type = env.choice("EVENTS_STORE_TYPE", "in-memory", EVENTS_STORE_TYPES)
         redis_url = env.get("REGISTRY_REDIS_URL") or env.get("REDIS_URL") or env.get("SCALINGO_REDIS_URL")
         if "redis" in (registry_type, events_store_type) and not redis_url:
             raise ConfigError(
                 "REGISTRY_TYPE/EVENTS_STORE_TYPE=redis needs a Redis URL: "
                 "set REGISTRY_REDIS_URL (or REDIS_URL, or SCALINGO_REDIS_URL)"
             )
+        database_url = env.get("DATABASE_URL")
+        if events_store_type == "postgres" and not database_url:
+            raise ConfigError("EVENTS_STORE_TYPE=postgres needs DATABASE_URL (postgresql://user:password@host/database)")
         api_enabled = env.boolean("ROUTING_SYSTEM_API_ENABLED", False)
         api_token = env.get("ROUTING_SYSTEM_API_TOKEN")
         if api_enabled and (api_token is None or len(api_token) < 16):
@@ -199,6 +214,8 @@ class Settings:
             events_max=env.integer("EVENTS_MAX", 10_000),
             system_api_enabled=api_enabled,
             system_api_token=api_token,
+            database_url=database_url,
+            **sleep_policy(env),
             env=env,
         )
 
@@ -206,3 +223,43 @@ class Settings:
         """A provider's own ``PROVIDER_<NAME>_OPERATION_TIMEOUT`` wins over the common one."""
         name = provider.upper().replace("-CLOUD", "").replace("-", "_")
         return self.env.number(f"PROVIDER_{name}_OPERATION_TIMEOUT", self.operation_timeout)
+
+
+def sleep_policy(env: Env) -> dict[str, object]:
+    """Schedules, passive visitors, dry run and currency (see docs/sleep-policy.md)."""
+    timezone = env.get("PAASTIS_TIMEZONE", "UTC")
+    try:
+        zone(timezone)
+    except ScheduleError as error:
+        raise ConfigError(f"PAASTIS_TIMEZONE: {error}") from None
+    windows = {}
+    for name in ("PAASTIS_AWAKE_DURING", "PAASTIS_ASLEEP_DURING"):
+        try:
+            windows[name] = parse_windows(env.get(name))
+        except ScheduleError as error:
+            raise ConfigError(f"{name}: {error}") from None
+    agents_raw = env.get("PAASTIS_PASSIVE_USER_AGENTS")
+    agents = DEFAULT_USER_AGENTS if agents_raw is None else tuple(env.csv("PAASTIS_PASSIVE_USER_AGENTS"))
+    if agents_raw is not None and agents_raw.lower() == "none":
+        agents = ()
+    paths = tuple(env.csv("PAASTIS_PASSIVE_PATHS"))
+    try:
+        compile_user_agents(agents)
+    except PassivePatternError as error:
+        raise ConfigError(f"PAASTIS_PASSIVE_USER_AGENTS: {error}") from None
+    try:
+        compile_paths(paths)
+    except PassivePatternError as error:
+        raise ConfigError(f"PAASTIS_PASSIVE_PATHS: {error}") from None
+    currency = env.get("PAASTIS_CURRENCY", "EUR").upper()
+    if not (len(currency) == 3 and currency.isalpha()):
+        raise ConfigError(f"PAASTIS_CURRENCY={currency!r} must be a three-letter ISO 4217 code such as EUR or USD")
+    return {
+        "timezone": timezone,
+        "awake_during": windows["PAASTIS_AWAKE_DURING"],
+        "asleep_during": windows["PAASTIS_ASLEEP_DURING"],
+        "passive_user_agents": agents,
+        "passive_paths": paths,
+        "dry_run": env.boolean("PAASTIS_DRY_RUN", False),
+        "currency": currency,
+    }

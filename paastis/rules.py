@@ -15,6 +15,8 @@ from typing import Any
 import yaml
 
 from .config import WAKE_STRATEGIES, ConfigError, Settings
+from .passive import PassivePatternError, compile_paths
+from .schedules import AppSchedule, ScheduleError, Windows, parse_windows, zone
 
 HOOK_NAMES = ("before_start", "after_start", "before_stop", "after_stop")
 RULE_FIELDS = {
@@ -26,7 +28,16 @@ RULE_FIELDS = {
     "wake_strategy",
     "hooks",
     "ignore",
+    # The sleep policy (docs/sleep-policy.md):
+    "awake_during",
+    "asleep_during",
+    "wake_during_sleep",
+    "timezone",
+    "passive_paths",
+    "passive_answer",
+    "cost_per_month",
 }
+PASSIVE_ANSWERS = (503, 200)
 GROUP_REF = re.compile(r"\$([1-9])")
 
 
@@ -42,6 +53,10 @@ class AppPolicy:
     upstream_url: str | None = None
     hooks: dict[str, str] = field(default_factory=dict)
     managed: bool = True
+    schedule: AppSchedule | None = None  # None: no window applies
+    passive_paths: re.Pattern[str] | None = None
+    passive_answer: int = 503
+    cost_per_month: float | None = None  # in PAASTIS_CURRENCY; None: from the price table
 
 
 @dataclass(frozen=True)
@@ -103,7 +118,40 @@ def _check_rule(index: int, raw: Any) -> Rule:
     if "ignore" in values and not isinstance(values["ignore"], bool):
         raise ConfigError(f"{where}: ignore must be true or false")
     _check_group_refs(where, pattern, values)
+    _check_sleep_policy(where, values)
     return Rule(index, pattern, values)
+
+
+def _check_sleep_policy(where: str, values: dict[str, Any]) -> None:
+    """Validate (and pre-parse, in place) the schedule, passive and cost fields of a rule."""
+    for name in ("awake_during", "asleep_during"):
+        if name in values:
+            try:
+                values[name] = parse_windows(values[name])
+            except ScheduleError as error:
+                raise ConfigError(f"{where}: {name}: {error}") from None
+    if "timezone" in values:
+        try:
+            zone(str(values["timezone"]))
+        except ScheduleError as error:
+            raise ConfigError(f"{where}: timezone: {error}") from None
+    if "wake_during_sleep" in values and not isinstance(values["wake_during_sleep"], bool):
+        raise ConfigError(f"{where}: wake_during_sleep must be true or false")
+    paths = values.get("passive_paths")
+    if paths is not None:
+        if isinstance(paths, str):
+            paths = [paths]
+        if not (isinstance(paths, list) and all(isinstance(p, str) for p in paths)):
+            raise ConfigError(f"{where}: passive_paths must be a list of path patterns such as /health")
+        try:
+            values["passive_paths"] = compile_paths(tuple(paths))
+        except PassivePatternError as error:
+            raise ConfigError(f"{where}: passive_paths: {error}") from None
+    if "passive_answer" in values and values["passive_answer"] not in PASSIVE_ANSWERS:
+        raise ConfigError(f"{where}: passive_answer must be 503 (the default) or 200")
+    cost = values.get("cost_per_month")
+    if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int | float) or not 0 <= cost < 1e9):
+        raise ConfigError(f"{where}: cost_per_month must be a number >= 0 (in PAASTIS_CURRENCY)")
 
 
 def _check_group_refs(where: str, pattern: re.Pattern[str], values: dict[str, Any]) -> None:
@@ -135,6 +183,7 @@ class Rules:
         self.rules = [_check_rule(i, raw) for i, raw in enumerate(raw_rules or [])]
         self.ignored = _name_matcher(settings.ignored_apps, "REGISTRY_IGNORED_APPS")
         self.allowed = _name_matcher(settings.allowed_apps, "REGISTRY_ALLOWED_APPS")
+        self.passive_paths = compile_paths(settings.passive_paths)
         self._cache: dict[str, AppPolicy] = {}
 
     def policy(self, key: str) -> AppPolicy:
@@ -164,7 +213,20 @@ class Rules:
             upstream_url=merged.get("upstream_url"),
             hooks=hooks,
             managed=self._managed(key) and not merged.get("ignore", False),
+            schedule=self._schedule(merged),
+            passive_paths=merged.get("passive_paths", self.passive_paths),
+            passive_answer=merged.get("passive_answer", 503),
+            cost_per_month=merged.get("cost_per_month"),
         )
+
+    def _schedule(self, merged: dict[str, Any]) -> AppSchedule | None:
+        """A rule's windows replace the global ones (``[]`` or ``none`` clears them for its apps)."""
+        awake = merged.get("awake_during", self.settings.awake_during)
+        asleep = merged.get("asleep_during", self.settings.asleep_during)
+        if not awake and not asleep:
+            return None
+        tz = zone(str(merged.get("timezone", self.settings.timezone)))
+        return AppSchedule(Windows(awake, tz), Windows(asleep, tz), merged.get("wake_during_sleep", True))
 
     def _managed(self, key: str) -> bool:
         if self.ignored and self.ignored.fullmatch(key):
