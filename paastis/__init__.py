@@ -126,7 +126,12 @@ def build_leadership(settings: Settings, registry: Registry) -> Leadership:
 
 
 def build_event_store(settings: Settings) -> EventStore:
-    """In memory, or a Redis stream under the registry's prefix that every instance shares."""
+    """In memory, a Redis stream under the registry's prefix that every instance shares, or PostgreSQL."""
+    if settings.events_store_type == "postgres":
+        from .pg_events import PostgresEventStore  # psycopg is only imported by those who use it
+
+        assert settings.database_url is not None  # Settings refuses postgres without a URL
+        return PostgresEventStore(settings.database_url)
     if settings.events_store_type != "redis":
         return InMemoryEventStore(settings.events_max)
     assert settings.redis_url is not None  # Settings refuses redis without a URL

@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -26,6 +26,8 @@ APP_STARTED = "APP_STARTED"
 APP_STOPPED = "APP_STOPPED"
 APP_START_FAILED = "APP_START_FAILED"
 APP_STOP_FAILED = "APP_STOP_FAILED"
+APP_WOULD_STOP = "APP_WOULD_STOP"  # PAASTIS_DRY_RUN: what paastis would have stopped, and why
+APP_WOULD_START = "APP_WOULD_START"  # PAASTIS_DRY_RUN: the first use of an app that would have been asleep
 EVENT_TYPES = (
     APP_REGISTERED,
     APP_UNREGISTERED,
@@ -33,6 +35,8 @@ EVENT_TYPES = (
     APP_STOPPED,
     APP_START_FAILED,
     APP_STOP_FAILED,
+    APP_WOULD_STOP,
+    APP_WOULD_START,
 )
 
 
@@ -76,8 +80,30 @@ class EventStore(Protocol):
         since: datetime | None = None,
         limit: int = 100,
     ) -> list[Event]: ...
+    def history(
+        self, since: datetime, until: datetime, types: tuple[str, ...], app: str | None = None
+    ) -> list[Event]: ...
     def healthy(self) -> bool: ...
     def close(self) -> None: ...
+
+
+def history_of(
+    events: Iterable[Event], since: datetime, until: datetime, types: tuple[str, ...], app: str | None
+) -> list[Event]:
+    """Events of ``types`` in ``[since, until)``, oldest first, after each app's last one before ``since``.
+
+    That last event tells what state an app was in when the period began (the savings need it).
+    """
+    before: dict[str, Event] = {}
+    during: list[Event] = []
+    for event in sorted(events, key=lambda e: e.timestamp):
+        if event.type not in types or (app is not None and event.app != app) or event.timestamp >= until:
+            continue
+        if event.timestamp < since:
+            before[event.app] = event
+        else:
+            during.append(event)
+    return sorted(before.values(), key=lambda e: e.timestamp) + during
 
 
 def matches(event: Event, app: str | None, type: str | None, since: datetime | None) -> bool:
@@ -105,6 +131,11 @@ class InMemoryEventStore:
             events = list(self._events)
         found = [e for e in reversed(events) if matches(e, app, type, since)]
         return found[:limit]
+
+    def history(self, since, until, types, app=None) -> list[Event]:
+        with self._lock:
+            events = list(self._events)
+        return history_of(events, since, until, types, app)
 
     def healthy(self) -> bool:
         return True
@@ -153,6 +184,13 @@ class RedisEventStore:
         except redis.RedisError as error:
             raise EventStoreUnavailable(f"redis: {type_name(error)}: {error}") from None
         return found
+
+    def history(self, since, until, types, app=None) -> list[Event]:
+        """The whole stream is read (it holds at most ``EVENTS_MAX`` entries): states begin before ``since``."""
+        try:
+            return history_of(self._backwards(None), since, until, types, app)
+        except redis.RedisError as error:
+            raise EventStoreUnavailable(f"redis: {type_name(error)}: {error}") from None
 
     def _backwards(self, since: datetime | None) -> Iterator[Event]:
         low = "-" if since is None else str(int((since - self.CLOCK_SKEW).timestamp() * 1000))

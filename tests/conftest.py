@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.pg_support import database_url, pg_database  # noqa: F401 - fixtures
 from tests.redis_support import SHARED_URL, delete_prefix, unique_prefix
 from tests.support import Gunicorn, kill_local_apps, write_config
 
