@@ -175,7 +175,9 @@ class Settings:
             )
         database_url = env.get("DATABASE_URL")
         if events_store_type == "postgres" and not database_url:
-            raise ConfigError("EVENTS_STORE_TYPE=postgres needs DATABASE_URL (postgresql://user:password@host/database)")
+            raise ConfigError(
+                "EVENTS_STORE_TYPE=postgres needs DATABASE_URL (postgresql://user:password@host/database)"
+            )
         api_enabled = env.boolean("ROUTING_SYSTEM_API_ENABLED", False)
         api_token = env.get("ROUTING_SYSTEM_API_TOKEN")
         if api_enabled and (api_token is None or len(api_token) < 16):
