@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from flask import Flask
 
 from . import logs
+from .cli import cli
 from .config import ConfigError, Settings
 from .directory import Directory
 from .events import EventStore, InMemoryEventStore, RedisEventStore
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
     app.extensions["paastis"] = Paastis(
         settings, metrics, rules, provider, registry, events, directory, lifecycle, supervisor, proxy
     )
+    app.cli.add_command(cli)
     app.register_blueprint(proxy_blueprint)
     if settings.system_api_enabled:
         app.register_blueprint(system_api_blueprint)

@@ -8,6 +8,7 @@ what was expected, so that a typo stops the process before it serves anything.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +150,9 @@ class Settings:
     passive_paths: tuple[str, ...] = ()
     dry_run: bool = False
     currency: str = "EUR"
+    dashboard_host: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
+    dashboard_session_hours: float = 12.0
     env: Env = field(default_factory=lambda: Env({}), repr=False, compare=False)
 
     @classmethod
@@ -218,6 +222,7 @@ class Settings:
             system_api_token=api_token,
             database_url=database_url,
             **sleep_policy(env),
+            **dashboard_settings(env, api_token),
             env=env,
         )
 
@@ -264,4 +269,27 @@ def sleep_policy(env: Env) -> dict[str, object]:
         "passive_paths": paths,
         "dry_run": env.boolean("PAASTIS_DRY_RUN", False),
         "currency": currency,
+    }
+
+
+def dashboard_settings(env: Env, api_token: str | None) -> dict[str, object]:
+    """The dashboard is off unless ``PAASTIS_DASHBOARD_HOST`` is set; then it needs its two secrets.
+
+    The admin token is what people sign in with; the secret key signs their session cookies.
+    """
+    host = env.get("PAASTIS_DASHBOARD_HOST")
+    if host is None:
+        return {}
+    host = host.lower().rstrip(".")
+    if not re.fullmatch(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?", host) or ".." in host:
+        raise ConfigError(f"PAASTIS_DASHBOARD_HOST={host!r} must be a host name such as paastis.example.com (no port)")
+    if api_token is None or len(api_token) < 16:
+        raise ConfigError("PAASTIS_DASHBOARD_HOST needs ROUTING_SYSTEM_API_TOKEN of 16+ characters (to sign in)")
+    secret = env.get("PAASTIS_SECRET_KEY")
+    if secret is None or len(secret) < 32:
+        raise ConfigError("PAASTIS_DASHBOARD_HOST needs PAASTIS_SECRET_KEY of 32+ characters (to sign sessions)")
+    return {
+        "dashboard_host": host,
+        "secret_key": secret,
+        "dashboard_session_hours": env.number("PAASTIS_DASHBOARD_SESSION_HOURS", 12.0),
     }

@@ -1,0 +1,297 @@
+"""The ``paastis`` command: check a configuration, run the service, and drive a running instance.
+
+One click group serves both ``paastis …`` (the console script) and ``flask --app app paastis …``
+(it is registered on the app's CLI and as a ``flask.commands`` plugin). ``check`` and ``serve``
+work on this machine's settings; the other commands talk to a running paastis through its admin
+API (``PAASTIS_URL``, ``ROUTING_SYSTEM_API_TOKEN``), exactly as ``curl`` would, so they work
+against any instance the token opens. Errors are one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import requests
+from dotenv import dotenv_values
+
+from .config import ConfigError, Settings
+
+DEFAULT_URL = "http://127.0.0.1:3000"
+EXIT_CONFIG = 2  # `paastis check`: the configuration is wrong
+EXIT_REMOTE = 1  # a remote command failed (unreachable, refused, or the operation failed)
+
+
+class Failure(click.ClickException):
+    """One line on stderr, prefixed with the command name, and a non-zero exit."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_REMOTE):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"paastis: {self.format_message()}", err=True)
+
+
+def dotenv_value(name: str) -> str | None:
+    """A value from the environment, else from ``./.env`` (as the service reads its settings)."""
+    value = os.environ.get(name)
+    if value:
+        return value
+    if Path(".env").is_file():
+        return dotenv_values(".env").get(name) or None
+    return None
+
+
+# -- the admin API client ------------------------------------------------------
+
+
+class AdminApi:
+    """A running paastis seen through its admin API (``PaastisProxyTarget: system``)."""
+
+    def __init__(self, url: str, token: str | None, timeout: float):
+        if not token:
+            raise Failure("ROUTING_SYSTEM_API_TOKEN is not set (the admin API token of the paastis at " + url + ")")
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.trust_env = False
+        self.session.headers.update({"PaastisProxyTarget": "system", "PaastisProxySystemApiToken": token})
+
+    def call(self, method: str, path: str, **params: Any) -> Any:
+        query = {k: v for k, v in params.items() if v is not None}
+        try:
+            response = self.session.request(method, self.url + path, params=query, timeout=self.timeout)
+        except requests.Timeout:
+            raise Failure(f"{self.url} did not answer {method} {path} within {self.timeout:g}s") from None
+        except requests.ConnectionError as error:
+            raise Failure(f"cannot reach paastis at {self.url}: {_reason(error)}") from None
+        except requests.RequestException as error:
+            raise Failure(f"{method} {self.url}{path} failed: {_reason(error)}") from None
+        return _answer(response, method, path)
+
+
+def _answer(response: requests.Response, method: str, path: str) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.ok and body is not None:
+        return body
+    if isinstance(body, dict) and body.get("error"):
+        message = body["error"]
+    elif response.status_code == 404:
+        message = "not found (is the admin API on? ROUTING_SYSTEM_API_ENABLED=true)"
+    else:
+        message = (response.text or response.reason or "no answer").strip().splitlines()[0][:200]
+    raise Failure(f"{method} {path}: {response.status_code}: {message}")
+
+
+def _reason(error: Exception) -> str:
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    return str(reason or error).split(": ")[-1][:200]
+
+
+# -- output --------------------------------------------------------------------
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """Columns aligned on the widest cell; empty values shown as ``-``."""
+    cells = [[str(h) for h in headers]] + [["-" if v in (None, "") else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+
+
+def emit(data: Any, as_json: bool, render: Callable[[Any], str]) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True) if as_json else render(data))
+
+
+def when(iso: str | None) -> str | None:
+    """An ISO date from the API as ``2026-01-31 12:00:05`` (UTC), short enough for a table."""
+    if not iso:
+        return None
+    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def seconds(value: float | None) -> str | None:
+    if value is None:
+        return None
+    value = float(value)
+    if value < 60:
+        return f"{value:.1f}s"
+    minutes, rest = divmod(int(value), 60)
+    return f"{minutes}m{rest:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def render_apps(data: dict) -> str:
+    rows = [
+        (
+            a["name"],
+            ("starting" if a.get("starting") else a["status"]) + ("" if a.get("managed", True) else " (unmanaged)"),
+            when(a.get("started_at")),
+            seconds(a.get("idle_seconds")),
+            f"{a['max_idle_time']:g}m" if a.get("max_idle_time") is not None else None,
+            ",".join(a.get("linked_apps") or []),
+        )
+        for a in data["apps"]
+    ]
+    return table(("NAME", "STATUS", "AWAKE SINCE (UTC)", "IDLE", "MAX IDLE", "LINKED"), rows)
+
+
+def render_events(data: dict) -> str:
+    rows = [
+        (when(e["timestamp"]), e["type"], e["app"], e["reason"], seconds(e.get("duration")), e.get("message"))
+        for e in data["events"]
+    ]
+    return table(("TIME (UTC)", "TYPE", "APP", "REASON", "DURATION", "MESSAGE"), rows)
+
+
+# -- commands ------------------------------------------------------------------
+
+
+def remote_options(command: Callable) -> Callable:
+    """``--url``, ``--token``, ``--timeout`` and ``--json``, shared by every remote command."""
+    for option in reversed(
+        [
+            click.option("--url", envvar="PAASTIS_URL", help=f"paastis to talk to [env PAASTIS_URL; {DEFAULT_URL}]"),
+            click.option(
+                "--token",
+                envvar="ROUTING_SYSTEM_API_TOKEN",
+                help="admin API token [env ROUTING_SYSTEM_API_TOKEN, or .env]",
+            ),
+            click.option("--timeout", type=float, default=300.0, show_default=True, help="seconds to wait for paastis"),
+            click.option("--json", "as_json", is_flag=True, help="print the admin API's JSON (for scripts)"),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def admin(url: str | None, token: str | None, timeout: float) -> AdminApi:
+    url = url or dotenv_value("PAASTIS_URL") or DEFAULT_URL
+    return AdminApi(url, token or dotenv_value("ROUTING_SYSTEM_API_TOKEN"), timeout)
+
+
+@click.group(help="paastis: puts idle PaaS apps to sleep and wakes them on the first request.")
+def cli() -> None:
+    pass
+
+
+@cli.command()
+def check() -> None:
+    """Validate the settings and paastis.yml as start-up does; print the summary (exit 2 on error)."""
+    from . import create_app  # late: the package imports this module
+
+    try:
+        settings = Settings.from_env()
+        quiet = replace(settings, log_level="warning")  # no "paastis ready": nothing will serve
+        paastis = create_app(quiet).extensions["paastis"]
+    except ConfigError as error:
+        raise Failure(f"configuration error: {error}", EXIT_CONFIG) from None
+    try:
+        click.echo(table(("SETTING", "VALUE"), summary(paastis)))
+        click.echo("configuration OK")
+    finally:
+        paastis.close()
+
+
+def summary(paastis: Any) -> list[tuple[str, str]]:
+    """What this configuration will run, as an operator would check it before deploying."""
+    settings = paastis.settings
+    local = settings.provider_name == "local"
+    return [
+        ("provider", paastis.provider.name),
+        ("config file", f"{settings.config_file} ({'found' if settings.config_file.is_file() else 'absent'})"),
+        *([("apps in config file", str(len(paastis.provider.list_apps())))] if local else []),
+        ("rules", str(len(paastis.rules.rules))),
+        ("registry", settings.registry_type),
+        ("events store", settings.events_store_type),
+        ("wake strategy", settings.wake_strategy),
+        ("max idle time", f"{settings.max_idle_time:g} min"),
+        ("checking interval", f"{settings.checking_interval:g} s"),
+        ("admin API", "on" if settings.system_api_enabled else "off"),
+        ("dashboard", settings.dashboard_host or "off"),
+    ]
+
+
+@cli.command()
+@remote_options
+def apps(url: str | None, token: str | None, timeout: float, as_json: bool) -> None:
+    """List the apps of a running paastis, with their status."""
+    emit(admin(url, token, timeout).call("GET", "/apps"), as_json, render_apps)
+
+
+@cli.command()
+@click.argument("name")
+@remote_options
+def start(name: str, url: str | None, token: str | None, timeout: float, as_json: bool) -> None:
+    """Wake NAME (and its linked apps); show progress until it is ready."""
+    api = admin(url, token, timeout)
+    app, took = with_progress(f"waking {name}", lambda: api.call("POST", f"/apps/{name}/start"))
+    emit(app, as_json, lambda a: f"{a['name']} is {a['status']} (ready after {seconds(took)})")
+
+
+@cli.command()
+@click.argument("name")
+@remote_options
+def stop(name: str, url: str | None, token: str | None, timeout: float, as_json: bool) -> None:
+    """Put NAME to sleep now (runs its hooks, records APP_STOPPED)."""
+    api = admin(url, token, timeout)
+    app, took = with_progress(f"stopping {name}", lambda: api.call("POST", f"/apps/{name}/stop"))
+    emit(app, as_json, lambda a: f"{a['name']} is {a['status']} (after {seconds(took)})")
+
+
+@cli.command()
+@click.option("--app", help="only this app's events")
+@click.option("--type", "kind", help="only events of this type (e.g. APP_STARTED)")
+@click.option("--since", help="only events after this ISO 8601 date")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@remote_options
+def events(app, kind, since, limit, url, token, timeout, as_json) -> None:  # type: ignore[no-untyped-def]
+    """Show what paastis did, newest first."""
+    data = admin(url, token, timeout).call("GET", "/events", app=app, type=kind, since=since, limit=limit)
+    emit(data, as_json, render_events)
+
+
+def with_progress(what: str, call: Callable[[], Any]) -> tuple[Any, float]:
+    """Run ``call`` in a thread; meanwhile say on stderr how long it has been running."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome["error"] = error
+
+    started = time.monotonic()
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    tty = sys.stderr.isatty()
+    reported = 0.0
+    while worker.is_alive():
+        worker.join(0.2)
+        elapsed = time.monotonic() - started
+        if worker.is_alive() and tty:
+            click.echo(f"\r{what}… {elapsed:.0f}s ", nl=False, err=True)
+        elif worker.is_alive() and elapsed - reported >= 5:  # logs and CI: a line every 5 s
+            reported = elapsed
+            click.echo(f"{what}… {elapsed:.0f}s", err=True)
+    if tty and time.monotonic() - started >= 0.2:
+        click.echo("\r\033[K", nl=False, err=True)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"], time.monotonic() - started
+
+
+def main() -> None:
+    """The ``paastis`` console script."""
+    cli(prog_name="paastis")

@@ -1,0 +1,133 @@
+"""The installed ``paastis`` command, run as a user would, against a real gunicorn instance."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT, local_app, port_open, starts, wait_until, write_config
+
+TOKEN = "cli-token-0123456789abcdef"
+PAASTIS = Path(sys.executable).parent / "paastis"
+FLASK = Path(sys.executable).parent / "flask"
+
+pytestmark = pytest.mark.e2e
+
+
+def run(*args: str, cwd: Path = ROOT, command: Path = PAASTIS, **env: str) -> subprocess.CompletedProcess:
+    """The console script with a clean environment: only what the test gives it (plus PATH)."""
+    assert command.exists(), f"{command} is missing: install the repo into the venv (pip install -e .)"
+    environ = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env}
+    argv = [str(command), *args]
+    return subprocess.run(argv, check=False, cwd=cwd, env=environ, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def served(tmp_path, gunicorn_factory):
+    """A paastis with the admin API on and a sleeping local app ``demo`` that takes a moment to boot."""
+    app, port = local_app(tmp_path, BOOT_DELAY=0.5)
+    write_config(tmp_path, [app], [{"pattern": "demo", "app_max_idle_time": 7}])
+    server = gunicorn_factory({"ROUTING_SYSTEM_API_ENABLED": "true", "ROUTING_SYSTEM_API_TOKEN": TOKEN})
+    server.app_port = port
+    server.cli_env = {"PAASTIS_URL": server.url, "ROUTING_SYSTEM_API_TOKEN": TOKEN}
+    return server
+
+
+def test_apps_start_stop_and_events_drive_a_running_instance(served, tmp_path):
+    listed = run("apps", **served.cli_env)
+    assert listed.returncode == 0, listed.stderr
+    header, row = listed.stdout.splitlines()
+    assert header.split() == ["NAME", "STATUS", "AWAKE", "SINCE", "(UTC)", "IDLE", "MAX", "IDLE", "LINKED"]
+    assert row.split()[:2] == ["demo", "stopped"] and "7m" in row
+    assert header.index("STATUS") == row.index("stopped")  # aligned columns
+
+    started = run("start", "demo", **served.cli_env)
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.startswith("demo is running (ready after ")
+    assert port_open(served.app_port) and starts(tmp_path) == 1
+
+    as_json = json.loads(run("apps", "--json", **served.cli_env).stdout)
+    demo = as_json["apps"][0]
+    assert demo["name"] == "demo" and demo["status"] == "running" and demo["started_at"]
+
+    stopped = run("stop", "demo", **served.cli_env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.startswith("demo is stopped")
+    wait_until(lambda: not port_open(served.app_port), what="demo to be down")
+
+    events = run("events", "--app", "demo", **served.cli_env)
+    assert events.returncode == 0, events.stderr
+    lines = events.stdout.splitlines()
+    assert lines[0].split()[:4] == ["TIME", "(UTC)", "TYPE", "APP"]
+    assert [line.split()[2] for line in lines[1:3]] == ["APP_STOPPED", "APP_STARTED"]  # newest first
+    assert all(line.split()[4] == "manual" for line in lines[1:3])
+    only_starts = json.loads(run("events", "--type", "APP_STARTED", "--json", **served.cli_env).stdout)
+    assert [e["type"] for e in only_starts["events"]] == ["APP_STARTED"] and only_starts["events"][0]["duration"] > 0
+
+
+def test_start_shows_progress_on_stderr_while_waiting(tmp_path, gunicorn_factory):
+    app, _ = local_app(tmp_path, BOOT_DELAY=6)
+    write_config(tmp_path, [app])
+    server = gunicorn_factory({"ROUTING_SYSTEM_API_ENABLED": "true", "ROUTING_SYSTEM_API_TOKEN": TOKEN})
+    started = run("start", "demo", PAASTIS_URL=server.url, ROUTING_SYSTEM_API_TOKEN=TOKEN)
+    assert started.returncode == 0, started.stderr
+    assert "waking demo… 5s" in started.stderr  # not a terminal: one line every 5 s
+    assert started.stdout.startswith("demo is running")
+
+
+def test_errors_are_one_line_with_a_non_zero_exit(served):
+    cases = [
+        (dict(served.cli_env, ROUTING_SYSTEM_API_TOKEN="wrong" + TOKEN), ("apps",), "401: wrong or missing"),
+        (served.cli_env, ("start", "ghost"), "404: unknown app 'ghost'"),
+        (served.cli_env, ("events", "--type", "NOPE"), "400: type must be one of"),
+        ({"PAASTIS_URL": served.url}, ("apps",), "ROUTING_SYSTEM_API_TOKEN is not set"),
+        ({"PAASTIS_URL": "http://127.0.0.1:9", "ROUTING_SYSTEM_API_TOKEN": TOKEN}, ("apps",), "cannot reach paastis"),
+    ]
+    for env, args, message in cases:
+        result = run(*args, **env)
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        assert result.stdout == ""
+        assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("paastis: "), result.stderr
+        assert message in result.stderr
+    assert run("apps", **served.cli_env).returncode == 0  # the instance still serves
+
+
+def test_the_token_may_come_from_a_dotenv_file(served, tmp_path):
+    (tmp_path / ".env").write_text(f"ROUTING_SYSTEM_API_TOKEN={TOKEN}\nPAASTIS_URL={served.url}\n")
+    result = run("apps", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1].startswith("demo")
+
+
+def test_check_validates_like_start_up_and_prints_the_summary(tmp_path):
+    app, _ = local_app(tmp_path)
+    config = write_config(tmp_path, [app], [{"pattern": "demo", "app_max_idle_time": 3}])
+    good = run("check", cwd=tmp_path, PAASTIS_CONFIG_FILE=str(config), PAASTIS_STATE_DIR=str(tmp_path / "state"))
+    assert good.returncode == 0, good.stderr
+    summary = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in good.stdout.splitlines()[1:-1])
+    assert summary["provider"] == "local" and summary["apps in config file"] == "1" and summary["rules"] == "1"
+    assert summary["dashboard"] == "off" and summary["admin API"] == "off"
+    assert good.stdout.splitlines()[-1] == "configuration OK" and good.stderr == ""
+
+    config.write_text("rules:\n  - pattern: demo\n    app_max_idle_time: soon\n")
+    bad = run("check", cwd=tmp_path, PAASTIS_CONFIG_FILE=str(config))
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("paastis: configuration error: ") and len(bad.stderr.splitlines()) == 1
+    assert "app_max_idle_time" in bad.stderr and "Traceback" not in bad.stderr
+
+    dashboard = run("check", cwd=tmp_path, PAASTIS_CONFIG_FILE=str(config), PAASTIS_DASHBOARD_HOST="paastis.localhost")
+    assert dashboard.returncode == 2 and "ROUTING_SYSTEM_API_TOKEN" in dashboard.stderr
+
+
+def test_flask_cli_runs_the_same_commands(served):
+    result = run("paastis", "apps", command=FLASK, FLASK_APP="app", **served.cli_env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1].split()[:2] == ["demo", "stopped"]
+    bad = run("paastis", "check", command=FLASK, FLASK_APP="app", PROVIDER_NAME="nope")
+    assert bad.returncode != 0 and "PROVIDER_NAME='nope'" in bad.stderr
