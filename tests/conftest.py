@@ -1,4 +1,9 @@
-"""Shared fixtures: real gunicorn instances with the local provider, cleaned up after each test."""
+"""Shared fixtures: real gunicorn instances with the local provider, cleaned up after each test.
+
+Every test in a ``test_e2e_*`` file, and every other test that starts gunicorn (through
+``gunicorn_factory`` or a fixture built on it), is marked ``e2e``,
+so ``pytest -m "not e2e"`` runs the fast in-process tests alone.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,16 @@ import pytest
 from tests.pg_support import database_url, pg_database  # noqa: F401 - fixtures
 from tests.redis_support import SHARED_URL, delete_prefix, unique_prefix
 from tests.support import Gunicorn, kill_local_apps, write_config
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "e2e: starts real gunicorn instances (slow); deselect with -m 'not e2e'")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name.startswith("test_e2e_") or "gunicorn_factory" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture

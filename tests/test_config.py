@@ -65,6 +65,7 @@ def test_dotenv_file_is_read(tmp_path, monkeypatch):
     assert Settings.from_env().max_idle_time == 7
 
 
+@pytest.mark.e2e
 def test_gunicorn_refuses_to_start_with_one_clear_line(tmp_path):
     result = subprocess.run(
         [PYTHON, "-m", "gunicorn", "app:app"],

@@ -1,0 +1,134 @@
+"""Waking and putting apps to sleep: the only place that asks a provider to start or stop.
+
+:class:`Lifecycle` is a thin front over small collaborators, each owning one thing:
+
+- :mod:`.lookup`: which app a request key stands for, its linked group, its upstream URL;
+- :mod:`.flights`: single flight inside this process (one start or stop per app at a time);
+- :mod:`.readiness`: is a started app answering yet, and is an app its router calls down really down;
+- :mod:`.waker`: starts, under the per-app cluster lock, and the memory of recent failed starts;
+- :mod:`.stopper`: stops, under the same lock, with their hooks and the formation memo;
+- :mod:`.idle`: the idle policy run at each supervisor tick (sync with the listing, decide, stop);
+- :mod:`.journal`: registry entries paired with the events that tell of them.
+
+Data flows one way: request -> routing -> lifecycle -> provider, and
+schedule -> supervisor -> lifecycle -> provider. No collaborator calls back into the front.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ..directory import Directory
+from ..events import EventStore
+from ..hooks import HookRunner
+from ..metrics import Metrics
+from ..providers import AppInfo, Provider
+from ..registry import Registry
+from ..rules import Rules
+from .errors import NotManaged, UnknownApp, WakeError, WakeTimeout
+from .flights import Flights
+from .idle import IdleCheck
+from .journal import Journal
+from .lookup import AppLookup
+from .readiness import Readiness
+from .stopper import Stopper
+from .waker import ClusterLock, Waker
+
+__all__ = ["Lifecycle", "NotManaged", "UnknownApp", "WakeError", "WakeTimeout"]
+
+
+@contextmanager
+def _no_cluster_lock(key: str, ttl: float) -> Iterator[bool]:
+    yield True
+
+
+class Lifecycle:
+    """What the proxy, the admin API and the supervisor ask of an app's lifecycle."""
+
+    def __init__(
+        self,
+        provider: Provider,
+        registry: Registry,
+        directory: Directory,
+        rules: Rules,
+        events: EventStore,
+        hooks: HookRunner,
+        metrics: Metrics,
+        operation_timeout: float,
+        cluster_lock: ClusterLock = _no_cluster_lock,
+    ):
+        self.lookup = AppLookup(provider, directory, rules)
+        self.flights = Flights()
+        self.journal = Journal(registry, events)
+        self.readiness = Readiness(provider, self.lookup, operation_timeout)
+        self.waker = Waker(
+            provider,
+            registry,
+            directory,
+            rules,
+            hooks,
+            metrics,
+            self.lookup,
+            self.flights,
+            self.readiness,
+            self.journal,
+            cluster_lock,
+            operation_timeout,
+        )
+        self.stopper = Stopper(
+            provider, registry, rules, hooks, metrics, self.flights, self.journal, cluster_lock, operation_timeout
+        )
+        self.idle = IdleCheck(
+            provider, registry, directory, rules, metrics, self.lookup, self.flights, self.journal, self.stopper
+        )
+
+    # -- what the proxy asks ----------------------------------------------------
+
+    def resolve(self, key: str) -> AppInfo:
+        """The app a request key stands for, or :class:`UnknownApp` (404)."""
+        return self.lookup.resolve(key)
+
+    def group(self, app: AppInfo) -> list[AppInfo]:
+        """``app`` (first) and every app it links to, transitively."""
+        return self.lookup.group(app)
+
+    def upstream_url(self, app: AppInfo) -> str:
+        return self.lookup.upstream_url(app)
+
+    def is_awake(self, group: list[AppInfo]) -> bool:
+        return self.waker.is_awake(group)
+
+    def ensure_awake(self, app: AppInfo, reason: str = "request", recheck: bool = False) -> None:
+        """Return once ``app`` and its linked apps are ready, or raise :class:`WakeError`."""
+        self.waker.ensure_awake(app, reason, recheck)
+
+    def wake_in_background(self, app: AppInfo, reason: str = "request") -> None:
+        self.waker.wake_in_background(app, reason)
+
+    def failure(self, key: str) -> str | None:
+        """Why the last start of ``key`` failed, if that was recent."""
+        return self.waker.failure(key)
+
+    def starting(self, key: str) -> bool:
+        return self.flights.starting(key)
+
+    def router_says_down(self, app: AppInfo, status: int) -> bool:
+        return self.readiness.router_says_down(app, status)
+
+    # -- what the admin API and the supervisor ask ------------------------------
+
+    def stop(self, app: AppInfo, reason: str) -> bool:
+        """Stop ``app`` unless something else is happening to it; True if it was stopped."""
+        return self.stopper.stop(app, reason, self.idle.is_idle if reason == "idle" else None)
+
+    def forget_all(self, reason: str = "manual") -> int:
+        """Forget every registered app, touching none; the next idle check relearns what runs."""
+        return self.journal.forget_all(reason)
+
+    def check_idle(self) -> None:
+        """One supervisor tick: sync the registry with the provider's list, then stop idle apps."""
+        self.idle.check()
+
+    def close(self) -> None:
+        self.readiness.close()

@@ -1,0 +1,100 @@
+"""Putting apps to sleep: one stop per app at a time, in this process and across instances.
+
+Owns stops: the before/after-stop hooks, the last look for a request that arrived on
+another instance, the provider call, and keeping the formation memo the next start needs.
+A stop that fails loses nothing: the app stays registered as running.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from .. import events as ev
+from ..hooks import HookFailed, HookRunner
+from ..metrics import Metrics
+from ..providers import AppInfo, Provider, ProviderError
+from ..registry import Registry
+from ..rules import Rules
+from .flights import Flights
+from .journal import Journal
+from .waker import ClusterLock
+
+log = logging.getLogger("paastis.lifecycle")
+
+
+class Stopper:
+    def __init__(
+        self,
+        provider: Provider,
+        registry: Registry,
+        rules: Rules,
+        hooks: HookRunner,
+        metrics: Metrics,
+        flights: Flights,
+        journal: Journal,
+        cluster_lock: ClusterLock,
+        operation_timeout: float,
+    ):
+        self.provider = provider
+        self.registry = registry
+        self.rules = rules
+        self.hooks = hooks
+        self.metrics = metrics
+        self.flights = flights
+        self.journal = journal
+        self.cluster_lock = cluster_lock
+        self.operation_timeout = operation_timeout
+
+    def stop(self, app: AppInfo, reason: str, still_idle: Callable[[AppInfo], bool] | None = None) -> bool:
+        """Stop ``app`` unless something else is happening to it; True if it was stopped.
+
+        ``still_idle`` is asked again under the cluster lock: another instance may have
+        served the app since the decision was taken.
+        """
+        policy = self.rules.policy(app.key)
+        if not policy.managed:
+            return False
+        flight, leader = self.flights.join(app.key, "stop")
+        if not leader:
+            flight.done.wait(self.operation_timeout)
+            return False
+        try:
+            with self.cluster_lock(app.key, self.operation_timeout + 30) as ours:
+                if not ours or (still_idle is not None and not still_idle(app)):
+                    return False  # another instance is starting or stopping it, or it was used meanwhile
+                return self._stop(app, reason, policy.hooks)
+        finally:
+            self.flights.land(app.key, flight)
+
+    def _stop(self, app: AppInfo, reason: str, hooks: dict[str, str]) -> bool:
+        started = time.monotonic()
+        try:
+            self.hooks.run("before_stop", hooks.get("before_stop"), app.name, reason, app.region)
+        except HookFailed as error:
+            self.journal.emit(ev.APP_STOP_FAILED, app.key, reason, message=str(error))
+            return False
+        entry = self.registry.get(app.key)
+        self.registry.unregister(app.key)  # new requests now wait for this stop, then wake the app
+        if reason == "idle" and self.registry.in_flight(app.key) > 0:  # one came in on another instance
+            if entry is not None:
+                self.registry.register(entry)
+            log.info("not stopping %s: a request arrived", app.key)
+            return False
+        try:
+            log.info("stopping %s (%s)", app.key, reason)
+            memo = self.provider.stop(app)
+        except ProviderError as error:
+            if entry is not None:
+                self.registry.register(entry)  # still running as far as we know: lose nothing
+            log.error("could not stop %s: %s", app.key, error)
+            self.journal.emit(ev.APP_STOP_FAILED, app.key, reason, message=str(error))
+            return False
+        if memo:
+            self.registry.remember(app.key, memo)
+        self.journal.emit(ev.APP_STOPPED, app.key, reason, duration=time.monotonic() - started)
+        if reason == "idle":
+            self.metrics.idle_stops.labels(app.key).inc()
+        self.hooks.run_in_background("after_stop", hooks.get("after_stop"), app.name, reason, app.region)
+        return True

@@ -1,0 +1,193 @@
+"""Waking apps: single flight within the process, the per-app cluster lock across instances.
+
+Owns starts. Concurrent requests for a sleeping app join the start already under way
+instead of calling the provider again, and learn its outcome, failure included; a
+request that arrives while the app is being stopped waits for the stop, then wakes it
+again. Owns the memory of recent failed starts, shown on the waiting page.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+
+from .. import events as ev
+from ..directory import Directory
+from ..hooks import HookFailed, HookRunner
+from ..metrics import Metrics
+from ..providers import AppInfo, AppNotFound, Provider, ProviderError
+from ..registry import Registry
+from ..rules import Rules
+from .errors import NotManaged, UnknownApp, WakeError, WakeTimeout, wake_timeout
+from .flights import Flight, Flights
+from .journal import Journal
+from .lookup import AppLookup
+from .readiness import Readiness
+
+log = logging.getLogger("paastis.lifecycle")
+
+FAILURE_MEMORY = 10.0  # seconds a failed start stays on the waiting page before a reload retries
+CLUSTER_POLL_INTERVAL = 0.1  # seconds between looks at another instance's start or stop
+
+ClusterLock = Callable[[str, float], AbstractContextManager[bool]]
+
+
+class Waker:
+    def __init__(
+        self,
+        provider: Provider,
+        registry: Registry,
+        directory: Directory,
+        rules: Rules,
+        hooks: HookRunner,
+        metrics: Metrics,
+        lookup: AppLookup,
+        flights: Flights,
+        readiness: Readiness,
+        journal: Journal,
+        cluster_lock: ClusterLock,
+        operation_timeout: float,
+    ):
+        self.provider = provider
+        self.registry = registry
+        self.directory = directory
+        self.rules = rules
+        self.hooks = hooks
+        self.metrics = metrics
+        self.lookup = lookup
+        self.flights = flights
+        self.readiness = readiness
+        self.journal = journal
+        self.cluster_lock = cluster_lock
+        self.operation_timeout = operation_timeout
+        self._failures: dict[str, tuple[str, float]] = {}
+
+    def is_awake(self, group: list[AppInfo]) -> bool:
+        """Every app of ``group`` is registered and not being started or stopped."""
+        return all(self.registry.get(m.key) is not None and not self.flights.busy(m.key) for m in group)
+
+    def ensure_awake(self, app: AppInfo, reason: str = "request", recheck: bool = False) -> None:
+        """Return once ``app`` and its linked apps are ready, or raise :class:`WakeError`."""
+        group = self.lookup.group(app)
+        if len(group) == 1:
+            self._wake(app, reason, recheck)
+            return
+        with ThreadPoolExecutor(max_workers=len(group)) as pool:
+            futures = [
+                pool.submit(self._wake, member, reason if member is app else "linked", recheck and member is app)
+                for member in group
+            ]
+        for future in futures:
+            future.result()  # the first failure, naming its app, fails the request
+
+    def wake_in_background(self, app: AppInfo, reason: str = "request") -> None:
+        """Start waking ``app`` without waiting (the waiting page polls :meth:`failure`)."""
+        if self.flights.busy(app.key):
+            return
+        thread = threading.Thread(target=self._wake_quietly, args=(app, reason), daemon=True)
+        thread.start()
+
+    def failure(self, key: str) -> str | None:
+        """Why the last start of ``key`` failed, if that was recent."""
+        failure = self._failures.get(key)
+        if failure and time.monotonic() - failure[1] < FAILURE_MEMORY:
+            return failure[0]
+        return None
+
+    # -- internals --------------------------------------------------------------
+
+    def _wake(self, app: AppInfo, reason: str, recheck: bool) -> None:
+        deadline = time.monotonic() + self.operation_timeout
+        while True:
+            if not recheck and self.registry.get(app.key) is not None and not self.flights.busy(app.key):
+                return
+            flight, leader = self.flights.join(app.key, "start")
+            if leader:
+                if recheck:  # its upstream refused us: the entry is stale, and must not pass for "woken"
+                    self.registry.unregister(app.key)
+                self._lead_start(app, reason, flight, deadline)
+                return
+            if not flight.done.wait(max(0.0, deadline - time.monotonic())):
+                raise wake_timeout(app.key, self.operation_timeout)
+            if flight.kind == "start":
+                if flight.error is not None:
+                    raise flight.error
+                return
+            recheck = False  # a stop just ended: go round and wake the app again
+
+    def _wake_quietly(self, app: AppInfo, reason: str) -> None:
+        try:
+            self.ensure_awake(app, reason)
+        except WakeError:
+            pass  # already logged, recorded and remembered for the waiting page
+
+    def _lead_start(self, app: AppInfo, reason: str, flight: Flight, deadline: float) -> None:
+        started = time.monotonic()
+        self._failures.pop(app.key, None)
+        try:
+            self._start_in_cluster(app, reason, deadline)
+        except WakeError as error:
+            flight.error = error
+        except AppNotFound as error:  # deleted since the last listing: forget it, and say so
+            self.directory.forget(app.key)
+            flight.error = UnknownApp(app.key, f"unknown app {app.key!r} ({error})")
+        except (ProviderError, HookFailed) as error:
+            flight.error = WakeError(app.key, str(error))
+        except Exception as error:  # noqa: BLE001 - a bug must not leave waiters hanging
+            log.exception("unexpected error while starting %s", app.key)
+            flight.error = WakeError(app.key, f"unexpected error while starting {app.key!r}: {error}")
+        finally:
+            self.flights.land(app.key, flight)
+        if flight.error is not None:
+            self._record_failure(app, reason, flight.error, time.monotonic() - started)
+            raise flight.error
+
+    def _start_in_cluster(self, app: AppInfo, reason: str, deadline: float) -> None:
+        """Start ``app`` under its cluster lock; while another instance holds it, wait for its result.
+
+        The holder may be starting the app (then it becomes registered) or stopping it (then
+        the lock frees up and we start it again): either way the provider is called once.
+        """
+        waited = False
+        while True:
+            if waited and self.registry.get(app.key) is not None:
+                return  # another instance woke it
+            with self.cluster_lock(app.key, self.operation_timeout + 30) as ours:
+                if ours:
+                    self._start(app, reason, deadline)
+                    return
+            if time.monotonic() >= deadline:
+                raise wake_timeout(app.key, self.operation_timeout)
+            waited = True
+            time.sleep(CLUSTER_POLL_INTERVAL)
+
+    def _start(self, app: AppInfo, reason: str, deadline: float) -> None:
+        policy = self.rules.policy(app.key)
+        if self.readiness.ready(app, self.provider.status(app)):
+            self.journal.registered(app, reason, ev.APP_REGISTERED)
+            return
+        if not policy.managed:
+            raise NotManaged(app.key, f"app {app.key!r} is not running and is not managed by paastis")
+        started = time.monotonic()
+        self.hooks.run("before_start", policy.hooks.get("before_start"), app.name, reason, app.region)
+        log.info("starting %s (%s)", app.key, reason)
+        self.provider.start(app, self.registry.recall(app.key))
+        self.readiness.wait_ready(app, deadline)
+        duration = time.monotonic() - started
+        self.journal.registered(app, reason, ev.APP_STARTED, duration)
+        self.metrics.wakes.labels(app.key, "success").inc()
+        self.metrics.wake_duration.labels(app.key).observe(duration)
+        log.info("%s is ready after %.2fs", app.key, duration)
+        self.hooks.run_in_background("after_start", policy.hooks.get("after_start"), app.name, reason, app.region)
+
+    def _record_failure(self, app: AppInfo, reason: str, error: WakeError, duration: float) -> None:
+        self._failures[app.key] = (error.message, time.monotonic())
+        if isinstance(error, UnknownApp | NotManaged):
+            return
+        log.error("could not wake %s: %s", app.key, error.message)
+        self.metrics.wakes.labels(app.key, "timeout" if isinstance(error, WakeTimeout) else "failure").inc()
+        self.journal.emit(ev.APP_START_FAILED, app.key, reason, duration=duration, message=error.message)
