@@ -19,10 +19,6 @@ from tests.redis_support import SHARED_URL, delete_prefix, unique_prefix
 from tests.support import Gunicorn, kill_local_apps, write_config
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "e2e: starts real gunicorn instances (slow); deselect with -m 'not e2e'")
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.name.startswith("test_e2e_") or "gunicorn_factory" in getattr(item, "fixturenames", ()):
