@@ -66,7 +66,7 @@ def report(paastis: Paastis, flask_app: Flask) -> None:
         lifecycle.ensure_awake(app)
         upstream = lifecycle.upstream_url(app)
         headers = paastis_proxy.request_headers(request, upstream)
-        sample = proxy.send("GET", upstream, "/", headers, None)
+        sample = proxy.send("GET", upstream, "/", headers, None, 300.0)
         own = {
             "system API check": lambda: paastis_proxy.is_system_request(request),
             "Host -> app key": lambda: app_key_from_host("fast.localhost"),
@@ -87,7 +87,7 @@ def report(paastis: Paastis, flask_app: Flask) -> None:
             "Session.prepare_request (avoided)": lambda: proxy.session.prepare_request(
                 requests.Request("GET", upstream + "/", headers=headers)
             ),
-            "send + close, loopback nginx": lambda: proxy.send("GET", upstream, "/", headers, None).close(),
+            "send + close, loopback nginx": lambda: proxy.send("GET", upstream, "/", headers, None, 300.0).close(),
         }
         sample.close()
         total = 0.0

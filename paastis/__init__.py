@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from flask import Flask
 
 from . import logs
+from .bulkhead import Bulkhead
 from .cli import cli
 from .config import ConfigError, Settings
 from .directory import Directory
@@ -91,7 +92,14 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
     )
     supervisor = Supervisor(lifecycle, settings.checking_interval, build_leadership(settings, registry), metrics)
     ca_bundle = settings.env.get("REQUESTS_CA_BUNDLE") or settings.env.get("CURL_CA_BUNDLE")
-    proxy = Proxy(metrics, lambda key: rules.policy(key).wake_strategy, ca_bundle)
+    proxy = Proxy(
+        metrics,
+        lambda key: rules.policy(key).wake_strategy,
+        ca_bundle,
+        connect_timeout=settings.upstream_connect_timeout,
+        read_timeout_of=lambda key: rules.policy(key).upstream_read_timeout,
+        bulkhead=Bulkhead(settings.max_in_flight_per_app),
+    )
 
     app = Flask(__name__)
     app.extensions["paastis"] = Paastis(

@@ -153,6 +153,12 @@ class Settings:
     dashboard_host: str | None = None
     secret_key: str | None = field(default=None, repr=False)
     dashboard_session_hours: float = 12.0
+    threads: int = 32  # PAASTIS_THREADS: gunicorn threads per worker, which the bulkhead default follows
+    client_header_timeout: float = 10.0  # seconds to send a whole request head
+    client_body_timeout: float = 30.0  # seconds of silence while a request body is read
+    upstream_connect_timeout: float = 5.0
+    upstream_read_timeout: float = 300.0  # first byte, and each further chunk, of an app's answer
+    max_in_flight_per_app: int = 16  # requests of one app in a worker at once (the bulkhead)
     env: Env = field(default_factory=lambda: Env({}), repr=False, compare=False)
 
     @classmethod
@@ -191,6 +197,7 @@ class Settings:
         level = env.get("LOG_LEVEL") or env.get("LOGGING_LEVEL") or "info"
         if level.lower() not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL={level!r} must be one of: {', '.join(LOG_LEVELS)}")
+        threads = env.integer("PAASTIS_THREADS", 32)
         return cls(
             provider_name=env.choice("PROVIDER_NAME", "local", PROVIDERS),
             config_file=Path(env.get("PAASTIS_CONFIG_FILE", "paastis.yml")),
@@ -223,6 +230,12 @@ class Settings:
             database_url=database_url,
             **sleep_policy(env),
             **dashboard_settings(env, api_token),
+            threads=threads,
+            client_header_timeout=env.number("CLIENT_HEADER_TIMEOUT", 10.0),
+            client_body_timeout=env.number("CLIENT_BODY_TIMEOUT", 30.0),
+            upstream_connect_timeout=env.number("UPSTREAM_CONNECT_TIMEOUT", 5.0),
+            upstream_read_timeout=env.number("UPSTREAM_READ_TIMEOUT", 300.0),
+            max_in_flight_per_app=env.integer("MAX_IN_FLIGHT_PER_APP", max(1, threads // 2)),
             env=env,
         )
 

@@ -8,6 +8,7 @@ select one of the apps paastis knows.
 from __future__ import annotations
 
 import html
+import http.client
 import json
 import logging
 import re
@@ -22,10 +23,11 @@ from flask import Blueprint, Flask, Request, Response, current_app, request
 from requests.adapters import HTTPAdapter
 from requests.hooks import default_hooks
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import NewConnectionError
+from urllib3.exceptions import NewConnectionError, ProtocolError
 from urllib3.util import SKIP_HEADER
 from urllib3.util.url import _encode_target
 
+from .bulkhead import Bulkhead
 from .lifecycle import Lifecycle, WakeError
 from .providers import AppInfo
 from .routing import BadHost, app_key_from_host
@@ -51,8 +53,8 @@ HOP_BY_HOP = frozenset(
 NOT_FORWARDED = frozenset({"host", "content-length", "x-forwarded-host"})
 NOT_RETURNED = frozenset({"date", "server"})
 CHUNK = 64 * 1024
-CONNECT_TIMEOUT = 10
-READ_TIMEOUT = 300
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})  # retried once when the app hangs up before answering
+BUSY_RETRY_AFTER = 1  # seconds a client is asked to wait when its app has too many requests in flight
 VIA = "1.1 paastis"  # RFC 9110 §7.6.3; also how paastis recognises a request it already proxied
 ABSOLUTE_FORM = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 
@@ -97,9 +99,21 @@ class _RawTargetAdapter(HTTPAdapter):
 class Proxy:
     """The streaming HTTP client side, with one pooled session shared by all threads."""
 
-    def __init__(self, metrics: Any, wake_strategy_of: Callable[[str], str], ca_bundle: str | None = None):
+    def __init__(
+        self,
+        metrics: Any,
+        wake_strategy_of: Callable[[str], str],
+        ca_bundle: str | None = None,
+        *,
+        connect_timeout: float = 5.0,
+        read_timeout_of: Callable[[str], float] = lambda key: 300.0,
+        bulkhead: Bulkhead | None = None,
+    ):
         self.metrics = metrics
         self.wake_strategy_of = wake_strategy_of
+        self.connect_timeout = connect_timeout
+        self.read_timeout_of = read_timeout_of  # UPSTREAM_READ_TIMEOUT, or the app's rule
+        self.bulkhead = bulkhead or Bulkhead(16)
         self.session = requests.Session()
         self.session.trust_env = False  # no proxies or .netrc credentials from the environment
         self.session.verify = ca_bundle or True  # upstream TLS is verified; REQUESTS_CA_BUNDLE still applies
@@ -109,8 +123,12 @@ class Proxy:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
-    def send(self, method: str, upstream: str, target: str, headers: dict[str, str], body: Any) -> requests.Response:
+    def send(
+        self, method: str, upstream: str, target: str, headers: dict[str, str], body: Any, read_timeout: float
+    ) -> requests.Response:
         """Send one request, streaming both ways, without following redirects.
+
+        ``read_timeout`` bounds the wait for the first byte of the answer and for each further chunk.
 
         The URL is set after preparation because requests would otherwise "requote" the
         path (decoding ``%2e`` into ``.``, for instance): the app must see what the client sent.
@@ -124,7 +142,7 @@ class Proxy:
         reset = _RAW_TARGET.set(target)
         try:
             return self.session.send(
-                prepared, stream=True, allow_redirects=False, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)
+                prepared, stream=True, allow_redirects=False, timeout=(self.connect_timeout, read_timeout)
             )
         finally:
             _RAW_TARGET.reset(reset)
@@ -175,26 +193,59 @@ def request_headers(req: Request, upstream: str) -> dict[str, str]:
     return headers
 
 
+class ClientBodyError(Exception):
+    """The client's body broke off (short, malformed, or silent too long): the client's fault, not the app's.
+
+    Raised from inside the upload, so that the upstream connection is closed before the
+    body is complete: the app sees an aborted request, never a whole one.
+    """
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        self.message = message
+        super().__init__(message)
+
+
 class RequestBody:
     """Streams the client's body upstream chunk by chunk; remembers whether any byte was sent.
 
     A known length is exposed as ``len`` so that requests sends Content-Length instead
-    of switching the upload to chunked encoding.
+    of switching the upload to chunked encoding. A body that ends before that length, or
+    that gunicorn cannot read (a malformed chunk, a client gone, a client silent for
+    ``CLIENT_BODY_TIMEOUT``), raises :class:`ClientBodyError` instead of ending quietly.
     """
 
     def __init__(self, stream: Any, length: int | None):
         self.stream = stream
         self.started = False
+        self.length = length
         if length is not None:
             self.len = length
 
     def __iter__(self) -> Iterator[bytes]:
+        received = 0
         while True:
-            chunk = self.stream.read(CHUNK)
+            chunk = self._read()
             if not chunk:
-                return
+                break
+            received += len(chunk)
             self.started = True
             yield chunk
+        if self.length is not None and received < self.length:
+            raise ClientBodyError(400, f"request body ended after {received} of {self.length} bytes")
+
+    def _read(self) -> bytes:
+        try:
+            return self.stream.read(CHUNK)
+        except TimeoutError as error:  # paastis.worker: CLIENT_BODY_TIMEOUT of silence
+            raise ClientBodyError(408, f"request body: {error or 'the client stopped sending'}") from None
+        except Exception as error:  # noqa: BLE001 - whatever gunicorn's reader says, the body is broken
+            raise ClientBodyError(400, f"malformed request body: {_client_error(error)}") from None
+
+
+def _client_error(error: Exception) -> str:
+    """gunicorn's parse errors name what they saw; keep it short."""
+    return (str(error).strip() or type(error).__name__)[:200]
 
 
 def request_body(req: Request) -> RequestBody | None:
@@ -300,14 +351,35 @@ def serve(lifecycle: Lifecycle, proxy: Proxy, registry: Any) -> Response:
         app = lifecycle.resolve(key)
     except WakeError as error:
         return error_response(error.status, error.message)
-    token = registry.begin_request(app.key)
+    if not proxy.bulkhead.enter(app.key):
+        return busy_response(app.key, proxy.bulkhead.limit)
+    try:
+        token = registry.begin_request(app.key)
+    except BaseException:
+        proxy.bulkhead.leave(app.key)
+        raise
     try:
         response = _serve_app(lifecycle, proxy, registry, app)
     except BaseException:
-        registry.end_request(app.key, token)
+        _end(proxy, registry, app.key, token)
         raise
     proxy.metrics.proxied_requests.labels(app.key, str(response.status_code)).inc()
-    response.call_on_close(lambda: registry.end_request(app.key, token))
+    response.call_on_close(lambda: _end(proxy, registry, app.key, token))
+    return response
+
+
+def _end(proxy: Proxy, registry: Any, key: str, token: object) -> None:
+    try:
+        registry.end_request(key, token)
+    finally:
+        proxy.bulkhead.leave(key)
+
+
+def busy_response(key: str, limit: int) -> Response:
+    """The bulkhead is full for this app: answer at once, so the thread goes back to the other apps."""
+    log.warning("app %s already has %d requests in flight (MAX_IN_FLIGHT_PER_APP): answering 503", key, limit)
+    response = error_response(503, f"app {key!r} is busy: {limit} requests are already waiting on it; retry shortly")
+    response.headers["Retry-After"] = str(BUSY_RETRY_AFTER)
     return response
 
 
@@ -332,16 +404,21 @@ def forward(lifecycle: Lifecycle, proxy: Proxy, app: AppInfo) -> Response:
     """Send the request upstream; if the app turns out to be down, wake it and try once more."""
     body = request_body(request)
     target = raw_target(request)
+    read_timeout = proxy.read_timeout_of(app.key)
     for attempt in (1, 2):
         upstream = lifecycle.upstream_url(app)
         try:
-            response = proxy.send(request.method, upstream, target, request_headers(request, upstream), body)
+            headers = request_headers(request, upstream)
+            response = proxy.send(request.method, upstream, target, headers, body, read_timeout)
+        except ClientBodyError as error:
+            log.warning("client error on %s %s for %s: %s", request.method, target[:200], app.key, error.message)
+            return error_response(error.status, error.message)
         except requests.ConnectionError as error:
-            refused = _never_connected(error)
-            if attempt == 2 or not refused or (body is not None and body.started):
+            failure = _retryable_failure(error, request.method)
+            if attempt == 2 or failure is None or (body is not None and body.started):
                 log.warning("upstream of %s failed: %s", app.key, error)
                 return error_response(502, f"app {app.key!r} did not answer: {_reason(error)}")
-            log.info("upstream of %s refused the connection: checking and waking it", app.key)
+            log.info("upstream of %s %s: checking and waking it, then trying once more", app.key, failure)
             lifecycle.ensure_awake(app, recheck=True)
             continue
         except requests.Timeout as error:
@@ -364,10 +441,22 @@ def forward(lifecycle: Lifecycle, proxy: Proxy, app: AppInfo) -> Response:
     return relayed
 
 
-def _never_connected(error: requests.ConnectionError) -> bool:
-    """True when the upstream refused or was unreachable: nothing was sent, so a retry is safe."""
+def _retryable_failure(error: requests.ConnectionError, method: str) -> str | None:
+    """Why trying again is safe, or None.
+
+    A refused connection carried nothing, whatever the method. An idempotent request may
+    also be sent again when the app hung up before its first response byte (reset, or
+    closed at once). The caller still refuses once any byte of a request body was sent.
+    """
     cause = error.args[0] if error.args else None
-    return isinstance(getattr(cause, "reason", cause), NewConnectionError)
+    reason = getattr(cause, "reason", cause)
+    if isinstance(reason, NewConnectionError):
+        return "refused the connection"
+    if method in IDEMPOTENT and isinstance(cause, ProtocolError):
+        hung_up = cause.args[1] if len(cause.args) > 1 else None
+        if isinstance(hung_up, ConnectionResetError | http.client.RemoteDisconnected):
+            return "hung up before answering"
+    return None
 
 
 def _reason(error: Exception) -> str:

@@ -36,6 +36,7 @@ RULE_FIELDS = {
     "passive_paths",
     "passive_answer",
     "cost_per_month",
+    "upstream_read_timeout",
 }
 PASSIVE_ANSWERS = (503, 200)
 GROUP_REF = re.compile(r"\$([1-9])")
@@ -57,6 +58,7 @@ class AppPolicy:
     passive_paths: re.Pattern[str] | None = None
     passive_answer: int = 503
     cost_per_month: float | None = None  # in PAASTIS_CURRENCY; None: from the price table
+    upstream_read_timeout: float = 300.0  # seconds: the app's first byte, and each further chunk
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,11 @@ def _check_rule(index: int, raw: Any) -> Rule:
         raise ConfigError(f"{where}: invalid pattern: {error}") from None
     values = {k: v for k, v in raw.items() if k != "pattern"}
     idle = values.get("app_max_idle_time")
-    if idle is not None and (isinstance(idle, bool) or not isinstance(idle, int | float) or idle <= 0):
+    if idle is not None and not _positive_number(idle):
         raise ConfigError(f"{where}: app_max_idle_time must be a number of minutes > 0")
+    read_timeout = values.get("upstream_read_timeout")
+    if read_timeout is not None and not _positive_number(read_timeout):
+        raise ConfigError(f"{where}: upstream_read_timeout must be a number of seconds > 0")
     linked = values.get("linked_apps")
     if linked is not None and not (isinstance(linked, list) and all(isinstance(x, str) for x in linked)):
         raise ConfigError(f"{where}: linked_apps must be a list of app names")
@@ -152,6 +157,10 @@ def _check_sleep_policy(where: str, values: dict[str, Any]) -> None:
     cost = values.get("cost_per_month")
     if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int | float) or not 0 <= cost < 1e9):
         raise ConfigError(f"{where}: cost_per_month must be a number >= 0 (in PAASTIS_CURRENCY)")
+
+
+def _positive_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and 0 < value < float("inf")
 
 
 def _check_group_refs(where: str, pattern: re.Pattern[str], values: dict[str, Any]) -> None:
@@ -217,6 +226,7 @@ class Rules:
             passive_paths=merged.get("passive_paths", self.passive_paths),
             passive_answer=merged.get("passive_answer", 503),
             cost_per_month=merged.get("cost_per_month"),
+            upstream_read_timeout=float(merged.get("upstream_read_timeout", self.settings.upstream_read_timeout)),
         )
 
     def _schedule(self, merged: dict[str, Any]) -> AppSchedule | None:
