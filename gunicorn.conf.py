@@ -1,4 +1,4 @@
-"""gunicorn settings for paastis: gthread workers, bound to $HOST:$PORT.
+"""gunicorn settings for paastis: its own gthread workers (paastis/worker.py), bound to $HOST:$PORT.
 
 The supervisor thread starts in each worker once it has loaded the app (after fork),
 never in the master.
@@ -19,8 +19,8 @@ except ConfigError as error:
     sys.exit(1)
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '3000')}"
-worker_class = "gthread"
-threads = int(os.environ.get("PAASTIS_THREADS", "32"))
+worker_class = "paastis.worker.PaastisWorker"  # gthread, reading request heads without holding a thread
+threads = _settings.threads
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 _single_worker_reason = None
 if _settings.registry_type == "in-memory" and workers > 1:

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -159,3 +160,65 @@ def kill_local_apps(state_dir: Path) -> None:
             os.killpg(int(pid_file.read_text().strip()), signal.SIGKILL)
         except (ProcessLookupError, ValueError):
             pass
+
+
+class SlowClients:
+    """``count`` slowloris connections: each sends part of a request head, then one more byte every ``pace`` s.
+
+    Used by the tests and by ``bench/slow_clients.py``. ``closed()`` counts the connections
+    paastis has cut off; ``answers()`` says what those got before the close.
+    """
+
+    def __init__(self, port: int, count: int, pace: float = 0.5):
+        self.port = port
+        self.pace = pace
+        self.socks: list[socket.socket] = []
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"GET /slow HTTP/1.1\r\nHost: demo.localhost\r\n")
+            sock.setblocking(False)
+            self.socks.append(sock)
+        self.gone: dict[int, bytes] = {}
+        self._stop = False
+        self._thread = threading.Thread(target=self._trickle, daemon=True)
+        self._thread.start()
+
+    def _trickle(self) -> None:
+        while not self._stop:
+            for index, sock in enumerate(self.socks):
+                if index not in self.gone:
+                    self._poke(index, sock)
+            time.sleep(self.pace)
+
+    def _poke(self, index: int, sock: socket.socket) -> None:
+        try:
+            answer = sock.recv(4096)
+        except BlockingIOError:
+            answer = None
+        except OSError:
+            answer = b""
+        if answer is not None:
+            self.gone[index] = answer
+            return
+        try:
+            sock.send(b"X")
+        except OSError:
+            self.gone[index] = b""
+
+    def closed(self) -> int:
+        return len(self.gone)
+
+    def answers(self) -> list[bytes]:
+        return list(self.gone.values())
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join()
+        for sock in self.socks:
+            sock.close()
+
+    def __enter__(self) -> SlowClients:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
