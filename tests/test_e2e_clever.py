@@ -34,7 +34,7 @@ def test_name_slug_and_app_uuid_reach_the_same_app_woken_once(platforms, paastis
     blog = platform.add_app("My Blog", boot_delay=1.0)
     platform.add_app("twin")
     platform.add_app("Twin")
-    paastis = paastis_for(platform)
+    paastis = paastis_for(platform, MAX_IN_FLIGHT_PER_APP="20")  # all 20 may wait for the wake
     hosts = [blog.key, "my-blog"] * 10
     with ThreadPoolExecutor(20) as pool:
         apps = list(pool.map(lambda host: echo(paastis, host)["app"], hosts))

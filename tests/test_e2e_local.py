@@ -37,7 +37,7 @@ def test_wake_on_request_then_proxy(tmp_path, gunicorn_factory):
 def test_coalesced_wake_one_start_for_100_requests(tmp_path, gunicorn_factory):
     app, _ = local_app(tmp_path, BOOT_DELAY=1)
     write_config(tmp_path, [app])
-    paastis = gunicorn_factory({"PAASTIS_THREADS": "128"})
+    paastis = gunicorn_factory({"PAASTIS_THREADS": "128", "MAX_IN_FLIGHT_PER_APP": "100"})  # all 100 may wait
     with ThreadPoolExecutor(100) as pool:
         codes = list(pool.map(lambda _: paastis.get("/echo").status_code, range(100)))
     assert codes == [200] * 100

@@ -35,7 +35,7 @@ def test_running_app_is_discovered_put_to_sleep_and_woken_with_its_exact_formati
 def test_stopped_app_is_woken_once_for_many_concurrent_requests(platforms, paastis_for):
     platform = platforms()
     blog = platform.add_app("blog", formation={"web": (2, "M"), "worker": (1, "M")}, boot_delay=1.0)
-    paastis = paastis_for(platform)
+    paastis = paastis_for(platform, MAX_IN_FLIGHT_PER_APP="20")  # all 20 may wait for the wake
     with ThreadPoolExecutor(20) as pool:
         apps = list(pool.map(lambda _: echo(paastis, "blog")["app"], range(20)))
     assert apps == ["blog"] * 20
