@@ -77,10 +77,13 @@ class _Handler(socketserver.StreamRequestHandler):
     def _body(self, headers: dict[str, str]) -> tuple[str, int]:
         if "chunked" in headers.get("transfer-encoding", "").lower():
             return self._chunked()
-        length = int(headers.get("content-length") or 0)
-        if not length:
+        try:
+            length = int(headers.get("content-length") or 0)
+        except ValueError:
+            return "aborted", 0
+        if length <= 0:
             return "none", 0
-        data = self.rfile.read(length)
+        data = self.rfile.read(min(length, 1 << 30))
         return ("complete" if len(data) == length else "aborted"), len(data)
 
     def _chunked(self) -> tuple[str, int]:
