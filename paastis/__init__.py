@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from flask import Flask
+from gunicorn.http.errors import NoMoreData, ParseException
 
 from . import logs
 from .bulkhead import Bulkhead
@@ -18,7 +19,7 @@ from .leader import ClusterLocks, RedisLeadership
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .providers import Provider, build_provider
-from .proxy import Proxy
+from .proxy import Proxy, client_body_failure
 from .proxy import bp as proxy_blueprint
 from .redis_link import RedisLink, redis_client
 from .redis_registry import RedisRegistry
@@ -26,10 +27,14 @@ from .registry import InMemoryRegistry, Registry
 from .rules import Rules, load_config_file
 from .supervisor import Leadership, SoleLeader, Supervisor
 from .system_api import bp as system_api_blueprint
+from .worker import ClientBodyTimeout
 
 __all__ = ["ConfigError", "Paastis", "Settings", "create_app"]
 
 log = logging.getLogger(__name__)
+
+# What gunicorn raises into a route reading a broken request body (paastis.worker adds the silence timeout).
+CLIENT_BODY_ERRORS = (ParseException, NoMoreData, ClientBodyTimeout)
 
 
 @dataclass
@@ -107,6 +112,8 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
     )
     app.cli.add_command(cli)
     app.register_blueprint(proxy_blueprint)
+    for error in CLIENT_BODY_ERRORS:
+        app.register_error_handler(error, client_body_failure)
     if settings.system_api_enabled:
         app.register_blueprint(system_api_blueprint)
     if start_supervisor:

@@ -243,6 +243,13 @@ class RequestBody:
             raise ClientBodyError(400, f"malformed request body: {_client_error(error)}") from None
 
 
+def client_body_failure(error: Exception) -> Response:
+    """Any other route that reads a body (admin API, forms) answers a broken one as the proxy does: 400/408."""
+    status = 408 if isinstance(error, TimeoutError) else 400
+    log.warning("client error on %s %s: %s", request.method, request.path[:200], _client_error(error))
+    return error_response(status, f"malformed request body: {_client_error(error)}")
+
+
 def _client_error(error: Exception) -> str:
     """gunicorn's parse errors name what they saw; keep it short."""
     return (str(error).strip() or type(error).__name__)[:200]
