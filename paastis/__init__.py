@@ -12,6 +12,7 @@ from . import logs
 from .bulkhead import Bulkhead
 from .cli import cli
 from .config import ConfigError, Settings
+from .dashboard import Dashboard, init_dashboard
 from .directory import Directory
 from .events import EventStore, InMemoryEventStore, RedisEventStore
 from .hooks import HookRunner
@@ -28,6 +29,8 @@ from .rules import Rules, load_config_file
 from .supervisor import Leadership, SoleLeader, Supervisor
 from .system_api import bp as system_api_blueprint
 from .worker import ClientBodyTimeout
+from .waiting import WaitingRoom, duration
+from .wake_times import WakeTimes
 
 __all__ = ["ConfigError", "Paastis", "Settings", "create_app"]
 
@@ -51,6 +54,8 @@ class Paastis:
     lifecycle: Lifecycle
     supervisor: Supervisor
     proxy: Proxy
+    waiting_room: WaitingRoom
+    dashboard: Dashboard | None = None  # only with PAASTIS_DASHBOARD_HOST
 
     def close(self) -> None:
         """Stop the supervisor and release sessions; tests build and close many instances."""
@@ -107,15 +112,29 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
     )
 
     app = Flask(__name__)
-    app.extensions["paastis"] = Paastis(
-        settings, metrics, rules, provider, registry, events, directory, lifecycle, supervisor, proxy
+    wake_times = WakeTimes(events)
+    app.extensions["paastis"] = paastis = Paastis(
+        settings,
+        metrics,
+        rules,
+        provider,
+        registry,
+        events,
+        directory,
+        lifecycle,
+        supervisor,
+        proxy,
+        WaitingRoom(wake_times),
     )
     app.cli.add_command(cli)
+    app.add_template_filter(duration)
     app.register_blueprint(proxy_blueprint)
     for error in CLIENT_BODY_ERRORS:
         app.register_error_handler(error, client_body_failure)
     if settings.system_api_enabled:
         app.register_blueprint(system_api_blueprint)
+    if settings.dashboard_host:
+        paastis.dashboard = init_dashboard(app, settings, wake_times)
     if start_supervisor:
         supervisor.start()
     log.info(

@@ -7,7 +7,6 @@ select one of the apps paastis knows.
 
 from __future__ import annotations
 
-import html
 import http.client
 import json
 import logging
@@ -31,6 +30,7 @@ from .bulkhead import Bulkhead
 from .lifecycle import Lifecycle, WakeError
 from .providers import AppInfo
 from .routing import BadHost, app_key_from_host
+from .waiting import WaitingRoom, asks_wake_status
 
 log = logging.getLogger(__name__)
 
@@ -301,27 +301,8 @@ def error_response(status: int, message: str) -> Response:
     return response
 
 
-WAITING_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="refresh" content="{refresh}">
-<title>{title}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:20vh auto;padding:0 1rem;color:#222}}
-p.error{{color:#a00}}</style></head>
-<body><h1>{title}</h1><p class="{css}">{message}</p></body></html>
-"""
-
-
-def waiting_page(app: str, failure: str | None) -> Response:
-    if failure:
-        title, message, refresh, status, css = f"{app} could not start", failure, 10, 502, "error"
-    else:
-        title, refresh, status, css = f"{app} is starting", 2, 503, ""
-        message = "It was asleep and is waking up; this page reloads by itself."
-    body = WAITING_PAGE.format(refresh=refresh, title=html.escape(title), message=html.escape(message), css=css)
-    response = current_app.response_class(body, status=status, mimetype="text/html")
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Retry-After"] = str(refresh)
-    return response
+def waiting_room() -> WaitingRoom:
+    return current_app.extensions["paastis"].waiting_room
 
 
 def wants_waiting_page(strategy: str, req: Request) -> bool:
@@ -338,10 +319,20 @@ def is_system_request(req: Request) -> bool:
     return settings.system_api_enabled and req.headers.get("PaastisProxyTarget", "").lower() == "system"
 
 
+def is_dashboard_request(req: Request) -> bool:
+    """The dashboard's own host (``PAASTIS_DASHBOARD_HOST``, any port), unless it is a system API request."""
+    dashboard_host = current_app.extensions["paastis"].settings.dashboard_host
+    if dashboard_host is None:
+        return False
+    host = req.headers.get("Host", "").lower()
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return name.rstrip(".") == dashboard_host and not is_system_request(req)
+
+
 @bp.before_app_request
 def proxy_request() -> Response | None:
-    """Handle every request here, before routing, unless it is for the system API."""
-    if is_system_request(request):
+    """Handle every request here, before routing, unless it is for the system API or the dashboard."""
+    if is_system_request(request) or is_dashboard_request(request):
         return None
     paastis = current_app.extensions["paastis"]
     return serve(paastis.lifecycle, paastis.proxy, paastis.registry)
@@ -393,12 +384,11 @@ def busy_response(key: str, limit: int) -> Response:
 def _serve_app(lifecycle: Lifecycle, proxy: Proxy, registry: Any, app: AppInfo) -> Response:
     try:
         group = lifecycle.group(app)
+        if asks_wake_status(request):  # the waiting page polling: paastis answers, never the app
+            return waiting_room().status(lifecycle, app, lifecycle.is_awake(group))
         if not lifecycle.is_awake(group):
             if wants_waiting_page(proxy.wake_strategy_of(app.key), request):
-                failure = lifecycle.failure(app.key)
-                if failure is None:  # a recent failure is shown until it expires, not retried at every reload
-                    lifecycle.wake_in_background(app)
-                return waiting_page(app.key, failure)
+                return waiting_room().welcome(lifecycle, app)
             lifecycle.ensure_awake(app)
         for linked in group[1:]:  # keeps a back awake under its front; the app's own access ends its request
             registry.touch(linked.key)

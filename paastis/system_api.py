@@ -189,27 +189,38 @@ def forget_apps() -> Response:
 
 @bp.post("/apps/<name>/start")
 def start_app(name: str) -> Response:
-    paastis = _paastis()
     app = resolve(name)
-    log.info("system API: start %s requested", app.key)
-    try:
-        paastis.lifecycle.ensure_awake(app, reason="manual")
-    except WakeError as exc:
-        raise ApiError(exc.status, exc.message) from None
-    paastis.registry.touch(app.key)
+    wake(app, "system API")
     return jsonify(describe(app))
 
 
 @bp.post("/apps/<name>/stop")
 def stop_app(name: str) -> Response:
-    paastis = _paastis()
     app = resolve(name)
+    put_to_sleep(app, "system API")
+    return jsonify(describe(app))
+
+
+def wake(app: AppInfo, via: str) -> None:
+    """A manual start (the admin API's or the dashboard's): the same lifecycle, hooks and events as any."""
+    paastis = _paastis()
+    log.info("%s: start %s requested", via, app.key)
+    try:
+        paastis.lifecycle.ensure_awake(app, reason="manual")
+    except WakeError as exc:
+        raise ApiError(exc.status, exc.message) from None
+    paastis.registry.touch(app.key)
+
+
+def put_to_sleep(app: AppInfo, via: str) -> None:
+    """A manual stop; :class:`ApiError` says why not (unmanaged, failed, or busy with another operation)."""
+    paastis = _paastis()
     if not paastis.rules.policy(app.key).managed:
         raise ApiError(409, f"app {app.key!r} is not managed by paastis: it is never stopped")
-    log.info("system API: stop %s requested", app.key)
+    log.info("%s: stop %s requested", via, app.key)
     asked_at = utcnow()
     if paastis.lifecycle.stop(app, "manual"):
-        return jsonify(describe(app))
+        return
     failure = _stop_failure(app.key, asked_at)
     if failure is not None:
         raise ApiError(502, f"could not stop {app.key!r}: {failure}")

@@ -1,0 +1,306 @@
+"""The dashboard through Flask's test client: its host, sign-in, sessions, CSRF, pages and forms."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from paastis import create_app
+from paastis.config import ConfigError, Settings
+from tests.support import local_app, port_open, wait_until, write_config
+
+TOKEN = "dashboard-token-0123456789"
+SECRET = "s" * 40
+HOST = "paastis.localhost"
+
+
+@pytest.fixture
+def build(tmp_path):
+    built = []
+
+    def make(**env: str):
+        demo, _ = local_app(tmp_path, "demo")
+        # An app whose key is the dashboard host's first label: the dashboard must still win.
+        shadow, _ = local_app(tmp_path, "paastis")
+        config = write_config(tmp_path, [demo, shadow], [{"pattern": "demo", "app_max_idle_time": 5}])
+        values = {
+            "PAASTIS_CONFIG_FILE": str(config),
+            "PAASTIS_STATE_DIR": str(tmp_path / "state"),
+            "ROUTING_SYSTEM_API_TOKEN": TOKEN,
+            "PAASTIS_DASHBOARD_HOST": HOST,
+            "PAASTIS_SECRET_KEY": SECRET,
+            **env,
+        }
+        app = create_app(Settings.from_env(values, dotenv=False))
+        app.extensions["paastis"].dashboard.throttle.delay = 0  # the brake itself is tested, not its sleep
+        built.append(app.extensions["paastis"])
+        return app
+
+    yield make
+    for paastis in built:
+        for app in paastis.directory.apps():
+            if port_open(int(paastis.provider.upstream_url(app).rsplit(":", 1)[1])):
+                paastis.provider.stop(app)
+        paastis.close()
+
+
+@pytest.fixture
+def client(build):
+    return build().test_client()
+
+
+def get(client, path, **kwargs):
+    return client.get(path, headers={"Host": HOST, **kwargs.pop("headers", {})}, **kwargs)
+
+
+def post(client, path, data=None, **kwargs):
+    return client.post(path, data=data or {}, headers={"Host": HOST, **kwargs.pop("headers", {})}, **kwargs)
+
+
+def csrf_of(response) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', response.get_data(as_text=True)).group(1)
+
+
+def sign_in(client, token=TOKEN, next_path=None):
+    form = get(client, "/dashboard/sign-in")
+    data = {"csrf_token": csrf_of(form), "token": token}
+    if next_path:
+        data["next"] = next_path
+    return post(client, "/dashboard/sign-in", data)
+
+
+def cookie_header(response) -> str:
+    return next(v for k, v in response.headers.items() if k == "Set-Cookie" and v.startswith("paastis_dashboard="))
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"ROUTING_SYSTEM_API_TOKEN": "", "PAASTIS_SECRET_KEY": SECRET}, "ROUTING_SYSTEM_API_TOKEN"),
+        ({"ROUTING_SYSTEM_API_TOKEN": "short", "PAASTIS_SECRET_KEY": SECRET}, "ROUTING_SYSTEM_API_TOKEN"),
+        ({"ROUTING_SYSTEM_API_TOKEN": TOKEN}, "PAASTIS_SECRET_KEY"),
+        ({"ROUTING_SYSTEM_API_TOKEN": TOKEN, "PAASTIS_SECRET_KEY": "x" * 31}, "PAASTIS_SECRET_KEY"),
+        (
+            {"ROUTING_SYSTEM_API_TOKEN": TOKEN, "PAASTIS_SECRET_KEY": SECRET, "PAASTIS_DASHBOARD_SESSION_HOURS": "0"},
+            "PAASTIS_DASHBOARD_SESSION_HOURS",
+        ),
+    ],
+)
+def test_start_up_refuses_a_dashboard_without_its_secrets(env, named):
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({"PAASTIS_DASHBOARD_HOST": HOST, **env}, dotenv=False)
+    assert named in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_the_dashboard_is_off_unless_its_host_is_set():
+    settings = Settings.from_env({"PAASTIS_SECRET_KEY": SECRET}, dotenv=False)
+    assert settings.dashboard_host is None
+    with pytest.raises(ConfigError, match="PAASTIS_DASHBOARD_HOST"):
+        Settings.from_env({"PAASTIS_DASHBOARD_HOST": "http://x/", "ROUTING_SYSTEM_API_TOKEN": TOKEN}, dotenv=False)
+
+
+def test_its_host_never_reaches_an_app_and_asks_to_sign_in(client, tmp_path):
+    response = get(client, "/")
+    assert response.status_code == 302 and response.headers["Location"] == "/dashboard/"
+    page = get(client, "/dashboard/")
+    assert page.status_code == 302 and page.headers["Location"].startswith("/dashboard/sign-in?next=/dashboard/")
+    assert get(client, "/echo").status_code == 404  # not the "paastis" app's echo
+    assert get(client, "/dashboard/static/dashboard.css").status_code == 200  # the sign-in page needs it
+    with_port = client.get("/dashboard/sign-in", headers={"Host": f"{HOST.upper()}:3000"})
+    assert with_port.status_code == 200 and "Admin token" in with_port.get_data(as_text=True)
+    assert not (tmp_path / "paastis-starts.log").exists()  # the shadowing app was never woken
+
+
+def test_apps_still_get_their_requests_and_their_own_cookies(client):
+    sign_in(client)
+    client.set_cookie("paastis_dashboard", "the-app-s-own", domain="demo.localhost")
+    client.set_cookie("session", "x", domain="demo.localhost")
+    response = client.get("/echo", headers={"Host": "demo.localhost"})
+    assert response.status_code == 200
+    sent = dict((name, value) for name, value in response.get_json()["headers"])
+    assert sent["Cookie"] in (
+        "paastis_dashboard=the-app-s-own; session=x",
+        "session=x; paastis_dashboard=the-app-s-own",
+    )
+    assert "Set-Cookie" not in response.headers
+
+
+def test_admin_api_routes_are_not_reachable_through_the_dashboard_host(build):
+    client = build(ROUTING_SYSTEM_API_ENABLED="true").test_client()
+    sign_in(client)
+    assert get(client, "/apps").status_code == 404  # the API's route, without the API's token
+    assert get(client, "/health").status_code == 404
+    system = get(client, "/apps", headers={"PaastisProxyTarget": "system", "PaastisProxySystemApiToken": TOKEN})
+    assert system.status_code == 200 and "apps" in system.get_json()  # the API itself answers as ever
+    assert (
+        get(
+            client, "/dashboard/", headers={"PaastisProxyTarget": "system", "PaastisProxySystemApiToken": TOKEN}
+        ).status_code
+        == 404
+    )
+
+
+def test_sign_in_with_the_token_sets_a_strict_http_only_cookie(client):
+    wrong = sign_in(client, "wrong-token-0123456789")
+    assert wrong.status_code == 401 and "not the admin token" in wrong.get_data(as_text=True)
+    assert get(client, "/dashboard/").status_code == 302
+    right = sign_in(client)
+    assert right.status_code == 303 and right.headers["Location"] == "/dashboard/"
+    cookie = cookie_header(right)
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Secure" not in cookie  # plain HTTP
+    assert "Expires=" in cookie and "Domain" not in cookie  # host-only: apps on sibling hosts never see it
+    page = get(client, "/dashboard/")
+    assert page.status_code == 200 and 'id="app-demo"' in page.get_data(as_text=True)
+    assert page.headers["Cache-Control"] == "no-store"
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    assert page.headers["X-Frame-Options"] == "DENY"
+
+
+def test_the_cookie_is_secure_when_the_request_came_over_https(build):
+    client = build().test_client()
+    form = client.get("/dashboard/sign-in", headers={"Host": HOST}, base_url=f"https://{HOST}")
+    signed = client.post(
+        "/dashboard/sign-in",
+        data={"csrf_token": csrf_of(form), "token": TOKEN},
+        headers={"Host": HOST},
+        base_url=f"https://{HOST}",
+    )
+    assert "Secure" in cookie_header(signed)
+
+
+def test_a_session_ends_after_its_hours(build):
+    app = build(PAASTIS_DASHBOARD_SESSION_HOURS="2")
+    client = app.test_client()
+    cookie = cookie_header(sign_in(client))
+    expires = re.search(r"Expires=([^;]+)", cookie).group(1)
+    assert time.strptime(expires, "%a, %d %b %Y %H:%M:%S GMT").tm_hour == time.gmtime(time.time() + 7200).tm_hour
+    serializer = app.session_interface.get_signing_serializer(app)
+    old = serializer.dumps({"signed_in_at": time.time() - 2 * 3600 - 5, "csrf": "t", "_permanent": True})
+    client.set_cookie("paastis_dashboard", old, domain=HOST)
+    assert get(client, "/dashboard/").status_code == 302  # signed by us, but too old
+    fresh = serializer.dumps({"signed_in_at": time.time() - 60, "csrf": "t", "_permanent": True})
+    client.set_cookie("paastis_dashboard", fresh, domain=HOST)
+    assert get(client, "/dashboard/").status_code == 200
+
+
+def test_a_forged_cookie_is_refused(client):
+    client.set_cookie("paastis_dashboard", '{"signed_in_at": 9999999999}', domain=HOST)
+    assert get(client, "/dashboard/").status_code == 302
+
+
+def test_posts_without_the_csrf_token_are_forbidden(client, tmp_path):
+    sign_in(client)
+    assert post(client, "/dashboard/apps/demo/wake").status_code == 403
+    assert post(client, "/dashboard/apps/demo/wake", {"csrf_token": "forged"}).status_code == 403
+    assert post(client, "/dashboard/sign-out").status_code == 403
+    token = csrf_of(get(client, "/dashboard/"))
+    foreign = post(client, "/dashboard/apps/demo/wake", {"csrf_token": token}, headers={"Origin": "https://evil.test"})
+    assert foreign.status_code == 403
+    assert not (tmp_path / "demo-starts.log").exists()  # nothing was woken
+    assert get(client, "/dashboard/").status_code == 200  # still signed in
+    assert post(client, "/dashboard/sign-in", {"token": TOKEN}).status_code == 403  # sign-in forms too
+
+
+def test_failed_sign_ins_lock_the_address_out(client):
+    for _ in range(5):
+        assert sign_in(client, "wrong-token-0123456789").status_code == 401
+    locked = sign_in(client)  # even the right token: no guess is checked while locked out
+    assert locked.status_code == 429 and int(locked.headers["Retry-After"]) > 0
+    assert "Too many failed sign-ins" in locked.get_data(as_text=True)
+    assert get(client, "/dashboard/").status_code == 302
+
+
+def test_the_next_page_is_only_ever_a_dashboard_page(client):
+    assert sign_in(client, next_path="/dashboard/events?type=APP_STARTED").headers["Location"] == (
+        "/dashboard/events?type=APP_STARTED"
+    )
+    client.delete_cookie("paastis_dashboard", domain=HOST)
+    for target in ("//evil.test/x", "https://evil.test/", "/\\evil.test"):
+        assert sign_in(client, next_path=target).headers["Location"] == "/dashboard/"
+        client.delete_cookie("paastis_dashboard", domain=HOST)
+
+
+def test_sign_out_ends_the_session(client):
+    sign_in(client)
+    token = csrf_of(get(client, "/dashboard/"))
+    out = post(client, "/dashboard/sign-out", {"csrf_token": token})
+    assert out.status_code == 303 and out.headers["Location"] == "/dashboard/sign-in"
+    assert get(client, "/dashboard/").status_code == 302
+
+
+def test_wake_and_stop_work_as_plain_forms(client, tmp_path):
+    sign_in(client)
+    token = csrf_of(get(client, "/dashboard/"))
+    woke = post(client, "/dashboard/apps/demo/wake", {"csrf_token": token})
+    assert woke.status_code == 303
+    page = get(client, "/dashboard/").get_data(as_text=True)
+    assert "demo is awake (after" in page
+    demo_row = re.search(r'<tr id="app-demo".*?</tr>', page, re.S).group(0)
+    assert (
+        'data-status="running"' in demo_row
+        and 'class="countdown"' in demo_row
+        and re.search(r"(4 min 5\d|5 min 00) s<", demo_row)
+    )
+    confirm = post(client, "/dashboard/apps/demo/stop", {"csrf_token": token})
+    assert confirm.status_code == 200 and "Stop demo?" in confirm.get_data(as_text=True)
+    assert get(client, "/dashboard/apps/demo/row").get_data(as_text=True).count('data-status="running"') == 1
+    stopped = post(client, "/dashboard/apps/demo/stop", {"csrf_token": token, "confirmed": "yes"})
+    assert stopped.status_code == 303
+    assert "demo is stopped." in get(client, "/dashboard/").get_data(as_text=True)
+    assert 'data-status="stopped"' in get(client, "/dashboard/apps/demo/row").get_data(as_text=True)
+    assert get(client, "/dashboard/apps/ghost/row").status_code == 404
+
+
+def test_the_script_gets_the_fresh_row(client):
+    sign_in(client)
+    token = csrf_of(get(client, "/dashboard/"))
+    headers = {"X-Requested-With": "paastis-dashboard", "X-CSRF-Token": token}
+    row = post(client, "/dashboard/apps/demo/wake", headers=headers)
+    assert row.status_code == 200
+    html = row.get_data(as_text=True).strip()
+    assert html.startswith('<tr id="app-demo"') and 'data-status="running"' in html
+    last_wake = re.search(r'<td data-label="Last wake">(.*?)</td>', html, re.S).group(1)
+    assert re.match(r"\d+\.\d seconds <span", last_wake), last_wake  # the wake that just happened
+    rows = get(client, "/dashboard/apps/rows", headers=headers).get_data(as_text=True)
+    assert rows.count("<tr ") == 2
+    client.delete_cookie("paastis_dashboard", domain=HOST)
+    assert get(client, "/dashboard/apps/rows", headers=headers).status_code == 401  # the script reloads then
+
+
+def test_events_page_filters_and_pages(client):
+    sign_in(client)
+    paastis = client.application.extensions["paastis"]
+    from paastis.events import Event
+
+    for i in range(60):
+        paastis.events.add(
+            Event(type="APP_STARTED" if i % 2 else "APP_STOPPED", app="demo", reason="idle", duration=1.5)
+        )
+    paastis.events.add(Event(type="APP_STARTED", app="other", reason="request", message="newest"))
+    first = get(client, "/dashboard/events").get_data(as_text=True)
+    assert first.count('<tr class="event') == 50 and "newest" in first and "Older →" in first
+    assert first.index("other") < first.index("demo")  # newest first
+    second = get(client, "/dashboard/events?page=2").get_data(as_text=True)
+    assert second.count('<tr class="event') == 11 and "Older →" not in second and "← Newer" in second
+    only = get(client, "/dashboard/events?app=demo&type=APP_STARTED").get_data(as_text=True)
+    assert only.count('<tr class="event') == 30 and "APP_STOPPED</span>" not in only and "other" not in only
+    bad = get(client, "/dashboard/events?type=nope&app=a_b").get_data(as_text=True)
+    assert "Unknown event type" in bad and "must be an app name" in bad
+
+
+def test_savings_page_is_absent_without_a_savings_report(client):
+    sign_in(client)
+    assert get(client, "/dashboard/savings").status_code == 404
+    assert "Savings</a>" not in get(client, "/dashboard/").get_data(as_text=True)
+
+
+def test_a_running_app_counts_down_from_its_last_request(client):
+    sign_in(client)
+    with client.get("/echo", headers={"Host": "demo.localhost"}) as response:  # closed: the request is over
+        assert response.status_code == 200
+    wait_until(lambda: 'data-status="running"' in get(client, "/dashboard/apps/demo/row").get_data(as_text=True))
+    row = get(client, "/dashboard/apps/demo/row").get_data(as_text=True)
+    deadline = int(re.search(r'data-deadline="(\d+)"', row).group(1)) / 1000
+    assert 4 * 60 < deadline - time.time() <= 5 * 60  # max idle 5 min, used just now
