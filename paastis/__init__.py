@@ -28,9 +28,9 @@ from .registry import InMemoryRegistry, Registry
 from .rules import Rules, load_config_file
 from .supervisor import Leadership, SoleLeader, Supervisor
 from .system_api import bp as system_api_blueprint
-from .worker import ClientBodyTimeout
 from .waiting import WaitingRoom, duration
 from .wake_times import WakeTimes
+from .worker import ClientBodyTimeout
 
 __all__ = ["ConfigError", "Paastis", "Settings", "create_app"]
 

@@ -131,3 +131,37 @@ def test_flask_cli_runs_the_same_commands(served):
     assert result.stdout.splitlines()[1].split()[:2] == ["demo", "stopped"]
     bad = run("paastis", "check", command=FLASK, FLASK_APP="app", PROVIDER_NAME="nope")
     assert bad.returncode != 0 and "PROVIDER_NAME='nope'" in bad.stderr
+
+
+def test_pip_install_gives_the_command_and_the_dashboard_files(tmp_path):
+    """``pip install .`` as a user runs it (a wheel, not this checkout): templates and static files included."""
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), str(ROOT)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
+    wheel = next((tmp_path / "dist").glob("paastis-*.whl"))
+    target = tmp_path / "site"
+    install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)]
+    assert subprocess.run(install, check=False, capture_output=True, timeout=300).returncode == 0
+    assert (target / "paastis" / "dashboard" / "static" / "dashboard.js").is_file()
+    entry_points = next(target.glob("paastis-*.dist-info")).joinpath("entry_points.txt").read_text()
+    assert "paastis = paastis.cli:main" in entry_points and "[flask.commands]" in entry_points
+    probe = (
+        "import paastis, sys; from paastis import create_app; from paastis.config import Settings;"
+        "app = create_app(Settings.from_env({'PAASTIS_DASHBOARD_HOST': 'p.localhost', 'PAASTIS_SECRET_KEY': 'k' * 32,"
+        " 'ROUTING_SYSTEM_API_TOKEN': 't' * 16, 'PAASTIS_STATE_DIR': 'state'}, dotenv=False));"
+        "c = app.test_client(); r = c.get('/dashboard/sign-in', headers={'Host': 'p.localhost'});"
+        "s = c.get('/dashboard/static/dashboard.css', headers={'Host': 'p.localhost'});"
+        "print(paastis.__file__, r.status_code, s.status_code)"
+    )
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(target)}
+    ran = subprocess.run(
+        [sys.executable, "-c", probe], check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert ran.returncode == 0, ran.stderr
+    where, sign_in, css = ran.stdout.split()
+    assert where.startswith(str(target)) and sign_in == "200" and css == "200"
