@@ -165,3 +165,12 @@ def test_pip_install_gives_the_command_and_the_dashboard_files(tmp_path):
     assert ran.returncode == 0, ran.stderr
     where, sign_in, css = ran.stdout.split()
     assert where.startswith(str(target)) and sign_in == "200" and css == "200"
+
+
+def test_the_container_health_check_tells_a_serving_paastis_from_none(served):
+    command = [sys.executable, "-m", "paastis.healthcheck"]
+    up = subprocess.run(command, check=False, env={"PORT": str(served.port)}, capture_output=True, text=True)
+    assert up.returncode == 0 and up.stdout.startswith("paastis answers on 127.0.0.1:"), up.stderr
+    assert not port_open(served.app_port)  # it woke nothing
+    down = subprocess.run(command, check=False, env={"PORT": "9"}, capture_output=True, text=True)
+    assert down.returncode == 1 and down.stderr.startswith("no answer from 127.0.0.1:9")
