@@ -14,11 +14,14 @@ from .cli import cli
 from .config import ConfigError, Settings
 from .dashboard import Dashboard, init_dashboard
 from .directory import Directory
+from .dry_run import DryRun
 from .events import EventStore, InMemoryEventStore, RedisEventStore
 from .hooks import HookRunner
 from .leader import ClusterLocks, RedisLeadership
 from .lifecycle import Lifecycle
+from .marks import InMemoryMarks, Marks, RedisMarks
 from .metrics import Metrics
+from .passive import PassiveVisitors
 from .providers import Provider, build_provider
 from .proxy import Proxy, client_body_failure
 from .proxy import bp as proxy_blueprint
@@ -26,6 +29,9 @@ from .redis_link import RedisLink, redis_client
 from .redis_registry import RedisRegistry
 from .registry import InMemoryRegistry, Registry
 from .rules import Rules, load_config_file
+from .savings import Savings
+from .schedule_runner import ScheduleRunner
+from .sleep_gate import SleepGate
 from .supervisor import Leadership, SoleLeader, Supervisor
 from .system_api import bp as system_api_blueprint
 from .waiting import WaitingRoom, duration
@@ -55,6 +61,8 @@ class Paastis:
     supervisor: Supervisor
     proxy: Proxy
     waiting_room: WaitingRoom
+    gate: SleepGate
+    savings: Savings  # the dashboard calls savings.report(since, until, app)
     dashboard: Dashboard | None = None  # only with PAASTIS_DASHBOARD_HOST
 
     def close(self) -> None:
@@ -89,6 +97,8 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
         strict=settings.hooks_strict,
         on_result=metrics.hook_result,
     )
+    marks = build_marks(registry)
+    dry_run = DryRun(registry, events, marks) if settings.dry_run else None
     lifecycle = Lifecycle(
         provider,
         registry,
@@ -98,9 +108,19 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
         hooks,
         metrics,
         operation_timeout=settings.provider_operation_timeout(provider.name),
+        dry_run=dry_run,
         **({"cluster_lock": ClusterLocks(registry.link)} if isinstance(registry, RedisRegistry) else {}),
     )
-    supervisor = Supervisor(lifecycle, settings.checking_interval, build_leadership(settings, registry), metrics)
+    savings = Savings(
+        events, registry, rules, provider.name, settings.currency, settings.timezone, settings.dry_run, marks
+    )
+    metrics.registry.register(savings)  # paastis_app_asleep_seconds_total and friends, computed at scrape time
+    runner = ScheduleRunner(lifecycle, provider, directory, rules, registry, marks)
+    jobs = [("schedule", runner.tick), ("savings summary", savings.log_daily_summary)]
+    if dry_run is not None:
+        jobs.append(("dry run", dry_run.tick))
+    leadership = build_leadership(settings, registry)
+    supervisor = Supervisor(lifecycle, settings.checking_interval, leadership, metrics, jobs)
     ca_bundle = settings.env.get("REQUESTS_CA_BUNDLE") or settings.env.get("CURL_CA_BUNDLE")
     proxy = Proxy(
         metrics,
@@ -110,6 +130,7 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
         read_timeout_of=lambda key: rules.policy(key).upstream_read_timeout,
         bulkhead=Bulkhead(settings.max_in_flight_per_app),
     )
+    gate = SleepGate(rules, PassiveVisitors(settings.passive_user_agents), metrics, settings.dry_run)
 
     app = Flask(__name__)
     wake_times = WakeTimes(events)
@@ -125,6 +146,8 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
         supervisor,
         proxy,
         WaitingRoom(wake_times),
+        gate,
+        savings,
     )
     app.cli.add_command(cli)
     app.add_template_filter(duration)
@@ -143,6 +166,8 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
         settings.registry_type,
         settings.wake_strategy,
     )
+    if settings.dry_run:
+        log.warning("PAASTIS_DRY_RUN=true: no app will be stopped; would-be stops are recorded as APP_WOULD_STOP")
     return app
 
 
@@ -152,6 +177,13 @@ def build_registry(settings: Settings) -> Registry:
         return InMemoryRegistry()
     assert settings.redis_url is not None  # Settings refuses redis without a URL
     return RedisRegistry(RedisLink(settings.redis_url, settings.redis_prefix, settings.redis_socket_timeout))
+
+
+def build_marks(registry: Registry) -> Marks:
+    """The leader's notes live where the registry lives, so that a new leader reads them."""
+    if isinstance(registry, RedisRegistry):
+        return RedisMarks(registry.link)
+    return InMemoryMarks()
 
 
 def build_leadership(settings: Settings, registry: Registry) -> Leadership:

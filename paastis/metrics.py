@@ -30,6 +30,12 @@ class Metrics:
         self.hook_runs = Counter("paastis_hook_runs", "Hook runs, by hook and outcome", ["hook", "outcome"], registry=r)
         self.registry_size = Gauge("paastis_registry_size", "Apps in the registry", registry=r)
         self.leader = Gauge("paastis_leader", "1 while this worker holds the supervisor lock", registry=r)
+        self.passive_requests = Counter(
+            "paastis_passive_requests",
+            "Requests from passive visitors (monitors, crawlers, passive paths), by app and outcome",
+            ["app", "outcome"],
+            registry=r,
+        )
 
     def provider_call(self, provider: str, operation: str, outcome: str) -> None:
         self.provider_calls.labels(provider, operation, outcome).inc()

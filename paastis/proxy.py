@@ -30,6 +30,7 @@ from .bulkhead import Bulkhead
 from .lifecycle import Lifecycle, WakeError
 from .providers import AppInfo
 from .routing import BadHost, app_key_from_host
+from .sleep_gate import PASSIVE, SleepGate
 from .waiting import WaitingRoom, asks_wake_status
 
 log = logging.getLogger(__name__)
@@ -335,10 +336,10 @@ def proxy_request() -> Response | None:
     if is_system_request(request) or is_dashboard_request(request):
         return None
     paastis = current_app.extensions["paastis"]
-    return serve(paastis.lifecycle, paastis.proxy, paastis.registry)
+    return serve(paastis.lifecycle, paastis.proxy, paastis.registry, paastis.gate)
 
 
-def serve(lifecycle: Lifecycle, proxy: Proxy, registry: Any) -> Response:
+def serve(lifecycle: Lifecycle, proxy: Proxy, registry: Any, gate: SleepGate | None = None) -> Response:
     try:
         key = app_key_from_host(request.headers.get("Host"))
     except BadHost as error:
@@ -349,8 +350,13 @@ def serve(lifecycle: Lifecycle, proxy: Proxy, registry: Any) -> Response:
         app = lifecycle.resolve(key)
     except WakeError as error:
         return error_response(error.status, error.message)
+    screened = gate.screen(request, app, lambda: _awake(lifecycle, app)) if gate is not None else None
+    if screened is not None and screened is not PASSIVE:
+        return screened
     if not proxy.bulkhead.enter(app.key):
         return busy_response(app.key, proxy.bulkhead.limit)
+    if screened is PASSIVE:  # proxied, but leaves no trace in the registry: the idle timer runs on
+        return _serve_passive(lifecycle, proxy, app)
     try:
         token = registry.begin_request(app.key)
     except BaseException:
@@ -363,6 +369,16 @@ def serve(lifecycle: Lifecycle, proxy: Proxy, registry: Any) -> Response:
         raise
     proxy.metrics.proxied_requests.labels(app.key, str(response.status_code)).inc()
     response.call_on_close(lambda: _end(proxy, registry, app.key, token))
+    return response
+
+
+def _serve_passive(lifecycle: Lifecycle, proxy: Proxy, app: AppInfo) -> Response:
+    try:
+        response = forward(lifecycle, proxy, app, wake=False)
+    except BaseException:
+        proxy.bulkhead.leave(app.key)
+        raise
+    response.call_on_close(lambda: proxy.bulkhead.leave(app.key))
     return response
 
 
@@ -397,8 +413,18 @@ def _serve_app(lifecycle: Lifecycle, proxy: Proxy, registry: Any, app: AppInfo) 
         return error_response(error.status, error.message)
 
 
-def forward(lifecycle: Lifecycle, proxy: Proxy, app: AppInfo) -> Response:
-    """Send the request upstream; if the app turns out to be down, wake it and try once more."""
+def _awake(lifecycle: Lifecycle, app: AppInfo) -> bool:
+    try:
+        return lifecycle.is_awake(lifecycle.group(app))
+    except WakeError:
+        return False
+
+
+def forward(lifecycle: Lifecycle, proxy: Proxy, app: AppInfo, wake: bool = True) -> Response:
+    """Send the request upstream; if the app turns out to be down, wake it and try once more.
+
+    A passive visitor (``wake=False``) never wakes an app: it gets the upstream's failure.
+    """
     body = request_body(request)
     target = raw_target(request)
     read_timeout = proxy.read_timeout_of(app.key)
@@ -412,7 +438,7 @@ def forward(lifecycle: Lifecycle, proxy: Proxy, app: AppInfo) -> Response:
             return error_response(error.status, error.message)
         except requests.ConnectionError as error:
             failure = _retryable_failure(error, request.method)
-            if attempt == 2 or failure is None or (body is not None and body.started):
+            if attempt == 2 or not wake or failure is None or (body is not None and body.started):
                 log.warning("upstream of %s failed: %s", app.key, error)
                 return error_response(502, f"app {app.key!r} did not answer: {_reason(error)}")
             log.info("upstream of %s %s: checking and waking it, then trying once more", app.key, failure)
@@ -422,7 +448,7 @@ def forward(lifecycle: Lifecycle, proxy: Proxy, app: AppInfo) -> Response:
             return error_response(504, f"app {app.key!r} did not answer in time: {_reason(error)}")
         except requests.RequestException as error:
             return error_response(502, f"app {app.key!r} could not be reached: {_reason(error)}")
-        retry_safe = attempt == 1 and (body is None or not body.started)
+        retry_safe = wake and attempt == 1 and (body is None or not body.started)
         if retry_safe and lifecycle.router_says_down(app, response.status_code):
             response.close()
             log.info("the platform says %s is down: waking it", app.key)

@@ -243,7 +243,10 @@ class AppSchedule:
         return self.awake_opened(at) is not None
 
     def refuses_wake(self, at: datetime) -> datetime | None:
-        """Inside an asleep window that no request may end: when it ends (or ALWAYS_OPEN_SINCE-style far future)."""
+        """Inside an asleep window that requests may not end (``wake_during_sleep: false``): when it ends.
+
+        A window open for as far as can be seen ends, for this answer, at the edge of sight.
+        """
         if self.wake_during_sleep or self.asleep_opened(at) is None:
             return None
         return self.asleep.closes_at(at) or at + timedelta(days=LOOK_AHEAD)

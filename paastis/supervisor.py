@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import schedule
@@ -37,8 +38,16 @@ class SoleLeader:
 
 
 class Supervisor:
-    def __init__(self, lifecycle: Lifecycle, interval: float, leadership: Leadership, metrics: Metrics):
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        interval: float,
+        leadership: Leadership,
+        metrics: Metrics,
+        jobs: Sequence[tuple[str, Callable[[], None]]] = (),
+    ):
         self.lifecycle = lifecycle
+        self.jobs = jobs  # run by the leader before each idle check: (name, callable)
         self.interval = interval
         self.leadership = leadership
         self.metrics = metrics
@@ -74,6 +83,11 @@ class Supervisor:
         self._set_leading(leading)
         if not leading:
             return
+        for name, job in self.jobs:
+            try:
+                job()
+            except Exception as error:  # noqa: BLE001 - logged; the next tick tries again
+                log.error("supervisor: %s failed: %s", name, error)
         try:
             self.lifecycle.check_idle()
         except Exception as error:  # noqa: BLE001 - logged; the next tick tries again

@@ -150,7 +150,16 @@ def describe(app: AppInfo, status: str | None = None) -> dict[str, Any]:
         "wake_strategy": policy.wake_strategy,
         "requests_in_flight": paastis.registry.in_flight(app.key),
         "starting": paastis.lifecycle.starting(app.key),
+        **schedule_fields(policy),
     }
+
+
+def schedule_fields(policy: Any) -> dict[str, Any]:
+    """``schedule`` (windows, time zone, the state now) and ``next_change`` (when a window next opens or closes)."""
+    if policy.schedule is None:
+        return {"schedule": None, "next_change": None}
+    now = utcnow()
+    return {"schedule": policy.schedule.to_json(now), "next_change": iso(policy.schedule.next_change(now))}
 
 
 def listed_apps() -> list[AppInfo]:
@@ -218,6 +227,12 @@ def put_to_sleep(app: AppInfo, via: str) -> None:
     if not paastis.rules.policy(app.key).managed:
         raise ApiError(409, f"app {app.key!r} is not managed by paastis: it is never stopped")
     log.info("%s: stop %s requested", via, app.key)
+    if paastis.settings.dry_run:
+        recorded = paastis.lifecycle.stop(app, "manual")
+        raise ApiError(
+            409,
+            f"PAASTIS_DRY_RUN=true: {app.key!r} is not stopped" + (" (APP_WOULD_STOP recorded)" if recorded else ""),
+        )
     asked_at = utcnow()
     if paastis.lifecycle.stop(app, "manual"):
         return
@@ -275,6 +290,28 @@ def list_events() -> Response:
     except EventStoreUnavailable as exc:
         raise ApiError(503, f"event history unavailable: {exc}") from None
     return jsonify(events=[event.to_json() for event in found], count=len(found))
+
+
+def until_param(raw: str | None, name: str = "until") -> datetime | None:
+    try:
+        return since_param(raw)
+    except ApiError:
+        raise ApiError(400, f"{name} must be an ISO 8601 date, e.g. 2026-01-31T12:00:00Z") from None
+
+
+@bp.get("/savings")
+def savings() -> Response:
+    """Asleep and awake hours, money saved and (dry run) the projection, per app and in total."""
+    args = request.args
+    app = app_name(args["app"]) if "app" in args else None
+    since, until = since_param(args.get("since")), until_param(args.get("until"))
+    if since is not None and until is not None and since >= until:
+        raise ApiError(400, "since must be before until")
+    try:
+        report = _paastis().savings.report(since, until, app)
+    except EventStoreUnavailable as exc:
+        raise ApiError(503, f"event history unavailable: {exc}") from None
+    return jsonify(report)
 
 
 def _redis_state(paastis: Any) -> str:

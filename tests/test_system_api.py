@@ -135,6 +135,8 @@ def test_get_apps_lists_provider_apps_merged_with_the_registry(client):
         "wake_strategy",
         "requests_in_flight",
         "starting",
+        "schedule",
+        "next_change",
     }
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ..directory import Directory
+from ..dry_run import DryRun
 from ..events import EventStore
 from ..hooks import HookRunner
 from ..metrics import Metrics
@@ -57,6 +58,7 @@ class Lifecycle:
         metrics: Metrics,
         operation_timeout: float,
         cluster_lock: ClusterLock = _no_cluster_lock,
+        dry_run: DryRun | None = None,
     ):
         self.lookup = AppLookup(provider, directory, rules)
         self.flights = Flights()
@@ -77,7 +79,16 @@ class Lifecycle:
             operation_timeout,
         )
         self.stopper = Stopper(
-            provider, registry, rules, hooks, metrics, self.flights, self.journal, cluster_lock, operation_timeout
+            provider,
+            registry,
+            rules,
+            hooks,
+            metrics,
+            self.flights,
+            self.journal,
+            cluster_lock,
+            operation_timeout,
+            dry_run,
         )
         self.idle = IdleCheck(
             provider, registry, directory, rules, metrics, self.lookup, self.flights, self.journal, self.stopper

@@ -70,7 +70,10 @@ class IdleCheck:
         entry = self.registry.get(key)
         if entry is None or self.registry.in_flight(key) > 0:
             return entry is None  # an app no longer registered holds nothing
-        return entry.idle_seconds(utcnow()) > self.rules.policy(key).max_idle_time * 60
+        now, policy = utcnow(), self.rules.policy(key)
+        if policy.schedule is not None and policy.schedule.keeps_awake(now):
+            return False  # inside an awake_during window
+        return entry.idle_seconds(now) > policy.max_idle_time * 60
 
     def _sync(self, app: AppInfo) -> None:
         """Register running apps we did not know; forget those found stopped."""

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from .. import events as ev
+from ..dry_run import DryRun
 from ..hooks import HookFailed, HookRunner
 from ..metrics import Metrics
 from ..providers import AppInfo, Provider, ProviderError
@@ -36,6 +37,7 @@ class Stopper:
         journal: Journal,
         cluster_lock: ClusterLock,
         operation_timeout: float,
+        dry_run: DryRun | None = None,
     ):
         self.provider = provider
         self.registry = registry
@@ -46,6 +48,7 @@ class Stopper:
         self.journal = journal
         self.cluster_lock = cluster_lock
         self.operation_timeout = operation_timeout
+        self.dry_run = dry_run  # PAASTIS_DRY_RUN: stops are only recorded (APP_WOULD_STOP)
 
     def stop(self, app: AppInfo, reason: str, still_idle: Callable[[AppInfo], bool] | None = None) -> bool:
         """Stop ``app`` unless something else is happening to it; True if it was stopped.
@@ -56,6 +59,8 @@ class Stopper:
         policy = self.rules.policy(app.key)
         if not policy.managed:
             return False
+        if self.dry_run is not None:
+            return self.dry_run.would_stop(app, reason)
         flight, leader = self.flights.join(app.key, "stop")
         if not leader:
             flight.done.wait(self.operation_timeout)
@@ -77,7 +82,7 @@ class Stopper:
             return False
         entry = self.registry.get(app.key)
         self.registry.unregister(app.key)  # new requests now wait for this stop, then wake the app
-        if reason == "idle" and self.registry.in_flight(app.key) > 0:  # one came in on another instance
+        if reason in ("idle", "schedule") and self.registry.in_flight(app.key) > 0:  # one came in elsewhere
             if entry is not None:
                 self.registry.register(entry)
             log.info("not stopping %s: a request arrived", app.key)
