@@ -292,5 +292,5 @@ class Savings:
         )
 
 
-def _round(value: float, digits: int = 4) -> float:
+def _round(value: float, digits: int = 6) -> float:
     return round(value, digits)
