@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from paastis import create_app
 from paastis.config import ConfigError, Settings
+from paastis.events import Event
 from tests.support import local_app, port_open, wait_until, write_config
 
 TOKEN = "dashboard-token-0123456789"
@@ -272,7 +274,6 @@ def test_the_script_gets_the_fresh_row(client):
 def test_events_page_filters_and_pages(client):
     sign_in(client)
     paastis = client.application.extensions["paastis"]
-    from paastis.events import Event
 
     for i in range(60):
         paastis.events.add(
@@ -290,10 +291,21 @@ def test_events_page_filters_and_pages(client):
     assert "Unknown event type" in bad and "must be an app name" in bad
 
 
-def test_savings_page_is_absent_without_a_savings_report(client):
+def test_savings_page_shows_the_savings_report(build):
+    app = build()
+    paastis = app.extensions["paastis"]
+    now = datetime.now(UTC)
+    paastis.events.add(Event(type="APP_STARTED", app="demo", reason="request", timestamp=now - timedelta(hours=3)))
+    paastis.events.add(Event(type="APP_STOPPED", app="demo", reason="idle", timestamp=now - timedelta(hours=2)))
+    client = app.test_client()
     sign_in(client)
-    assert get(client, "/dashboard/savings").status_code == 404
-    assert "Savings</a>" not in get(client, "/dashboard/").get_data(as_text=True)
+    assert "Savings</a>" in get(client, "/dashboard/").get_data(as_text=True)
+    page = get(client, "/dashboard/savings")
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    assert '<th scope="row" data-label="App">demo</th>' in text
+    assert "<strong>2.0 h</strong> asleep" in text and "1.0 h awake" in text
+    assert "unknown" in text  # the local provider has no price without cost_per_month
 
 
 def test_a_running_app_counts_down_from_its_last_request(client):
