@@ -21,6 +21,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
+from . import deadlines
 from . import events as ev
 from .events import EventStoreUnavailable, instance_id
 from .lifecycle import WakeError
@@ -35,6 +36,7 @@ bp = Blueprint("system_api", __name__)
 
 PROCESS_STARTED = time.time()
 MAX_EVENTS = 1000
+STOP_GRACE = 1.0  # seconds past the operation's deadline an admin stop gives the provider to say why it failed
 
 
 class ApiError(Exception):
@@ -234,11 +236,18 @@ def put_to_sleep(app: AppInfo, via: str) -> None:
             f"PAASTIS_DRY_RUN=true: {app.key!r} is not stopped" + (" (APP_WOULD_STOP recorded)" if recorded else ""),
         )
     asked_at = utcnow()
-    if paastis.lifecycle.stop(app, "manual"):
+    budget = paastis.settings.provider_operation_timeout(paastis.provider.name)
+    started = time.monotonic()
+    try:  # the stop runs under the operation's deadline; the answer never waits much longer
+        stopped = deadlines.call_within(budget, STOP_GRACE, lambda: paastis.lifecycle.stop(app, "manual"))
+    except deadlines.DeadlinePassed:
+        raise ApiError(504, f"could not stop {app.key!r} within {budget:g}s; it goes on in the background") from None
+    if stopped:
         return
     failure = _stop_failure(app.key, asked_at)
     if failure is not None:
-        raise ApiError(502, f"could not stop {app.key!r}: {failure}")
+        status = 504 if time.monotonic() - started >= budget else 502
+        raise ApiError(status, f"could not stop {app.key!r}: {failure}")
     raise ApiError(409, f"another start or stop of {app.key!r} is under way; try again")
 
 

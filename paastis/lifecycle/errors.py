@@ -26,5 +26,6 @@ class WakeTimeout(WakeError):
     status = 504
 
 
-def wake_timeout(key: str, seconds: float) -> WakeTimeout:
-    return WakeTimeout(key, f"app {key!r} did not become ready within {seconds:g}s")
+def wake_timeout(key: str, seconds: float, cause: Exception | None = None) -> WakeTimeout:
+    why = f" ({cause})" if cause is not None else ""
+    return WakeTimeout(key, f"app {key!r} did not become ready within {seconds:g}s{why}")

@@ -11,6 +11,7 @@ import time
 
 import requests
 
+from .. import deadlines
 from ..providers import FAILED, RUNNING, STOPPED, AppInfo, Provider, ProviderError
 from .errors import WakeError, wake_timeout
 from .lookup import AppLookup
@@ -39,9 +40,9 @@ class Readiness:
             return True
         url = self.lookup.upstream_url(app) + (self.provider.ready_path(app) or "/")
         try:
-            response = self._probe.get(url, timeout=5, allow_redirects=False, stream=True)
+            response = self._probe.get(url, timeout=deadlines.timeout(5), allow_redirects=False, stream=True)
             response.close()
-        except requests.RequestException:
+        except (requests.RequestException, deadlines.DeadlinePassed):
             return False
         return response.status_code not in ROUTER_ERRORS
 

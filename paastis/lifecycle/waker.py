@@ -15,11 +15,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 
+from .. import deadlines
 from .. import events as ev
 from ..directory import Directory
 from ..hooks import HookFailed, HookRunner
 from ..metrics import Metrics
-from ..providers import AppInfo, AppNotFound, Provider, ProviderError
+from ..providers import AppInfo, AppNotFound, Provider, ProviderError, ProviderTimeout
 from ..registry import Registry
 from ..rules import Rules
 from .errors import NotManaged, UnknownApp, WakeError, WakeTimeout, wake_timeout
@@ -30,6 +31,7 @@ from .readiness import Readiness
 
 log = logging.getLogger("paastis.lifecycle")
 
+WAKE_GRACE = 1.0  # seconds a waiter gives the start past its deadline to report its own error
 FAILURE_MEMORY = 10.0  # seconds a failed start stays on the waiting page before a reload retries
 CLUSTER_POLL_INTERVAL = 0.1  # seconds between looks at another instance's start or stop
 
@@ -101,6 +103,12 @@ class Waker:
     # -- internals --------------------------------------------------------------
 
     def _wake(self, app: AppInfo, reason: str, recheck: bool) -> None:
+        """Wait for ``app`` to be awake, starting it if nobody is; never longer than its deadline (and a grace).
+
+        The start itself runs in a thread of its own, under the deadline (:mod:`paastis.deadlines`),
+        so that a waiter's time is bounded whatever the provider's API does: the waiter stops
+        waiting at the deadline even if a call somewhere below ignores it.
+        """
         deadline = time.monotonic() + self.operation_timeout
         while True:
             if not recheck and self.registry.get(app.key) is not None and not self.flights.busy(app.key):
@@ -109,9 +117,8 @@ class Waker:
             if leader:
                 if recheck:  # its upstream refused us: the entry is stale, and must not pass for "woken"
                     self.registry.unregister(app.key)
-                self._lead_start(app, reason, flight, deadline)
-                return
-            if not flight.done.wait(max(0.0, deadline - time.monotonic())):
+                self._start_in_background(app, reason, flight, deadline)
+            if not flight.done.wait(max(0.0, deadline + WAKE_GRACE - time.monotonic())):
                 raise wake_timeout(app.key, self.operation_timeout)
             if flight.kind == "start":
                 if flight.error is not None:
@@ -125,6 +132,16 @@ class Waker:
         except WakeError:
             pass  # already logged, recorded and remembered for the waiting page
 
+    def _start_in_background(self, app: AppInfo, reason: str, flight: Flight, deadline: float) -> None:
+        def lead() -> None:
+            with deadlines.deadline_at(deadline):
+                try:
+                    self._lead_start(app, reason, flight, deadline)
+                except WakeError:
+                    pass  # recorded, and handed to every waiter through the flight
+
+        threading.Thread(target=lead, name=f"paastis-wake-{app.key}", daemon=True).start()
+
     def _lead_start(self, app: AppInfo, reason: str, flight: Flight, deadline: float) -> None:
         started = time.monotonic()
         self._failures.pop(app.key, None)
@@ -135,7 +152,14 @@ class Waker:
         except AppNotFound as error:  # deleted since the last listing: forget it, and say so
             self.directory.forget(app.key)
             flight.error = UnknownApp(app.key, f"unknown app {app.key!r} ({error})")
-        except (ProviderError, HookFailed) as error:
+        except ProviderError as error:  # cut at the deadline, or failing at it: the 504 the README promises
+            late = isinstance(error, ProviderTimeout) or time.monotonic() >= deadline
+            flight.error = (
+                wake_timeout(app.key, self.operation_timeout, error) if late else WakeError(app.key, str(error))
+            )
+        except deadlines.DeadlinePassed:
+            flight.error = wake_timeout(app.key, self.operation_timeout)
+        except HookFailed as error:
             flight.error = WakeError(app.key, str(error))
         except Exception as error:  # noqa: BLE001 - a bug must not leave waiters hanging
             log.exception("unexpected error while starting %s", app.key)

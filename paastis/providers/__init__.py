@@ -17,6 +17,7 @@ from .base import (
     Provider,
     ProviderAuthError,
     ProviderError,
+    ProviderTimeout,
 )
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "Provider",
     "ProviderAuthError",
     "ProviderError",
+    "ProviderTimeout",
     "build_provider",
 ]
 

@@ -51,6 +51,12 @@ class AppNotFound(ProviderError):
     status = 404
 
 
+class ProviderTimeout(ProviderError):
+    """The operation's deadline came before the provider answered (see :mod:`paastis.deadlines`)."""
+
+    status = 504
+
+
 class ProviderAuthError(ProviderError):
     """Credentials were refused: retrying will not help, the operator must act."""
 

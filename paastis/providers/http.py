@@ -21,8 +21,9 @@ from typing import Any
 
 import requests
 
+from .. import deadlines
 from ..metrics import Metrics
-from .base import AppNotFound, ProviderAuthError, ProviderError
+from .base import AppNotFound, ProviderAuthError, ProviderError, ProviderTimeout
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class RateLimiter:
         self.lock = threading.Lock()
 
     def acquire(self) -> None:
-        """Block until a call fits in the budget."""
+        """Block until a call fits in the budget; :class:`~paastis.deadlines.DeadlinePassed` if it would not in time."""
         while True:
             with self.lock:
                 now = time.monotonic()
@@ -52,7 +53,7 @@ class RateLimiter:
                     self.tokens -= 1
                     return
                 wait = (1 - self.tokens) / self.rate
-            time.sleep(wait)
+            deadlines.sleep(wait)
 
     def slow_down(self, seconds: float) -> None:
         """The platform said "too many": spend the bucket so that nothing is sent for ``seconds``."""
@@ -93,9 +94,18 @@ class ApiClient:
 
     def call(self, method: str, path: str, operation: str, app: str | None = None, **kwargs: Any) -> requests.Response:
         """Send one logical call, with the retries its kind allows; raise :class:`ProviderError` on failure."""
+        try:
+            return self._call(method, path, operation, app, **kwargs)
+        except deadlines.DeadlinePassed:
+            self._count(operation, "deadline")
+            message = f"{operation}: no answer before the operation's deadline"
+            raise ProviderTimeout(self.provider, app, message) from None
+
+    def _call(self, method: str, path: str, operation: str, app: str | None, **kwargs: Any) -> requests.Response:
+        """:meth:`call`, where every wait (budget, request, backoff) stops at the current deadline, if any."""
         idempotent = method.upper() in ("GET", "HEAD")
         deadline = time.monotonic() + MAX_RATE_LIMIT_WAIT
-        kwargs.setdefault("timeout", TIMEOUT)
+        timeout = kwargs.pop("timeout", TIMEOUT)
         attempt = 0
         renewed = False
         while True:
@@ -103,11 +113,12 @@ class ApiClient:
             if self.limiter is not None:
                 self.limiter.acquire()
             try:
-                response = self.session.request(method, self.url(path), **kwargs)
+                response = self.session.request(method, self.url(path), timeout=deadlines.timeout(timeout), **kwargs)
             except requests.RequestException as error:
                 self._count(operation, "network_error")
+                deadlines.check()  # a call cut by the deadline is not retried
                 if idempotent and attempt < READ_RETRIES:
-                    time.sleep(backoff(attempt))
+                    deadlines.sleep(backoff(attempt))
                     continue
                 raise ProviderError(self.provider, app, f"{operation} failed: {type(error).__name__}") from None
             if self.on_response is not None:
@@ -125,11 +136,11 @@ class ApiClient:
                 if time.monotonic() + wait > deadline:
                     raise ProviderError(self.provider, app, f"{operation}: rate limited for too long")
                 log.warning("%s: rate limited on %s, waiting %.1fs", self.provider, operation, wait)
-                time.sleep(wait)
+                deadlines.sleep(wait)
                 continue
             if response.status_code >= 500 and idempotent and attempt < READ_RETRIES:
                 self._count(operation, "server_error")
-                time.sleep(backoff(attempt))
+                deadlines.sleep(backoff(attempt))
                 continue
             return self._check(response, operation, app)
 

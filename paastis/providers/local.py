@@ -23,10 +23,11 @@ from urllib.parse import urlsplit
 
 import requests
 
+from .. import deadlines
 from ..config import ConfigError, Settings
 from ..metrics import Metrics
 from ..routing import is_valid_app_key
-from .base import FAILED, RUNNING, STARTING, STOPPED, AppInfo, AppNotFound, ProviderError
+from .base import FAILED, RUNNING, STARTING, STOPPED, AppInfo, AppNotFound, ProviderError, ProviderTimeout
 
 log = logging.getLogger(__name__)
 
@@ -231,11 +232,11 @@ class LocalProvider:
                 env=self._environment(app),
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
-                timeout=self.operation_timeout,
+                timeout=deadlines.capped(self.operation_timeout),
                 start_new_session=True,
             )
         except subprocess.TimeoutExpired:
-            raise ProviderError(self.name, app.name, f"{what} command timed out") from None
+            raise ProviderTimeout(self.name, app.name, f"{what} command timed out") from None
         if result.returncode != 0:
             tail = (result.stderr or result.stdout).decode(errors="replace").strip().splitlines()[-1:]
             detail = f": {tail[0]}" if tail else ""

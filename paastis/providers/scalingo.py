@@ -21,10 +21,21 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
+from .. import deadlines
 from ..config import ConfigError, Env, Settings
 from ..metrics import Metrics
 from ..routing import is_valid_app_key
-from .base import FAILED, RUNNING, STARTING, STOPPED, UNKNOWN, AppInfo, ProviderAuthError, ProviderError
+from .base import (
+    FAILED,
+    RUNNING,
+    STARTING,
+    STOPPED,
+    UNKNOWN,
+    AppInfo,
+    ProviderAuthError,
+    ProviderError,
+    ProviderTimeout,
+)
 from .http import ApiClient, RateLimiter
 from .shared_limiter import SharedRateLimiter
 
@@ -336,7 +347,7 @@ class ScalingoProvider:
             return  # 200 without an operation: already applied (e.g. an app never deployed)
         operation_id = urlsplit(location).path.rstrip("/").rsplit("/", 1)[-1]
         path = self._path(app, f"/operations/{quote(operation_id, safe='')}")
-        deadline = time.monotonic() + self.operation_timeout
+        deadline = min(time.monotonic() + self.operation_timeout, deadlines.current() or float("inf"))
         delay = FIRST_OPERATION_POLL
         while True:
             time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
@@ -349,7 +360,7 @@ class ScalingoProvider:
                 detail = operation.get("error") or "no detail given"
                 raise ProviderError(NAME, app.name, f"{what} operation failed: {detail}")
             if time.monotonic() >= deadline:
-                raise ProviderError(NAME, app.name, f"{what} operation still {state} after {self.operation_timeout:g}s")
+                raise ProviderTimeout(NAME, app.name, f"{what} operation still {state} at the operation's deadline")
             delay = min(delay * 1.5, self.poll_interval)
 
 

@@ -17,6 +17,7 @@ import time
 
 import redis
 
+from .. import deadlines
 from ..redis_link import redis_client
 from .http import RateLimiter
 
@@ -90,7 +91,7 @@ class SharedRateLimiter(RateLimiter):
                 return
             if wait <= 0:
                 return
-            time.sleep(wait)
+            deadlines.sleep(wait)  # stops at the current operation's deadline
 
     def delay(self) -> float | None:
         """Take a slot now (0.0), or say how long to wait for one; None while Redis is out of reach."""

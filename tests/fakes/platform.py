@@ -71,6 +71,9 @@ class FakeApiServer:
         self.port = free_port()
         self.requests: list[tuple[str, str]] = []  # (method, path) of every call, for assertions
         self.lock = threading.Lock()
+        self.hang: re.Pattern[str] | None = None  # calls whose path matches get no answer until stop()
+        self.hung = 0
+        self.released = threading.Event()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -82,6 +85,11 @@ class FakeApiServer:
             def _dispatch(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
+                if fake.hang is not None and fake.hang.search(self.path):
+                    with fake.lock:
+                        fake.hung += 1
+                    fake.released.wait()  # a hung API: takes the call, never answers
+                    return
                 reply = fake.handle(self.command, self.path, dict(self.headers.items()), raw)
                 data = reply.encode()
                 self.send_response(reply.status)
@@ -108,6 +116,7 @@ class FakeApiServer:
         return self
 
     def stop(self) -> None:
+        self.released.set()
         self.server.shutdown()
         self.server.server_close()
 

@@ -1,0 +1,73 @@
+"""End to end: a hung provider API cannot make a wake (or an admin start or stop) outlast its deadline.
+
+The fake Scalingo API is made to take some calls and never answer. Before the deadline
+was passed down, each such call was retried with 30 s timeouts, and a wake with a 10 s
+operation timeout waited 91 s; the clients below give up after 25 s.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.fakes.platform import closing_factory
+from tests.fakes.scalingo_api import ScalingoPlatform
+from tests.support import echo, wait_until
+
+pytestmark = pytest.mark.e2e
+
+platforms = closing_factory(ScalingoPlatform)
+
+TOKEN = "deadline-token-0123456789abcdef"
+ADMIN = {"PaastisProxyTarget": "system", "Authorization": f"Bearer {TOKEN}"}
+SHORT = {"PROVIDER_OPERATION_TIMEOUT": "3", "ROUTING_SYSTEM_API_ENABLED": "true", "ROUTING_SYSTEM_API_TOKEN": TOKEN}
+JSON = {"Accept": "application/json"}  # a blocking wake (no waiting page)
+PATIENCE = 25  # seconds: generous for a 3 s deadline, far below what the hung calls used to cost
+
+
+@pytest.fixture
+def account(platforms, paastis_for):
+    """A sleeping ``blog``, a running ``shop``, and a paastis that has listed them both already."""
+    platform = platforms()
+    platform.add_app("blog")
+    platform.add_app("shop", running=True)
+    paastis = paastis_for(platform, **SHORT)
+    assert echo(paastis, "shop")["app"] == "shop"  # listed and registered: only the calls below can hang
+    return platform, platform.regions["osc-fr1"], paastis
+
+
+@pytest.mark.parametrize("hung", [r"^/v1/apps/blog$", r"^/v1/apps/blog/operations/"])
+def test_a_wake_answers_504_at_its_deadline_whatever_the_api_does(account, hung):
+    platform, region, paastis = account
+    region.hang = re.compile(hung)  # the app's own status, or the scale operation it has to follow
+    response = paastis.get("/", host="blog.localhost", headers=JSON, timeout=PATIENCE)
+    assert response.status_code == 504
+    assert "app 'blog' did not become ready within 3s" in response.json()["error"]
+    assert region.hung >= 1
+    assert echo(paastis, "shop")["app"] == "shop"  # every other app is still served
+    assert "Traceback" not in paastis.logs()
+
+
+def test_an_admin_start_answers_504_at_its_deadline(account):
+    _, region, paastis = account
+    region.hang = re.compile(r"^/v1/apps/blog")
+    response = paastis.request("POST", "/apps/blog/start", headers=ADMIN, timeout=PATIENCE)
+    assert response.status_code == 504
+    assert "'blog'" in response.json()["error"]
+
+
+def test_an_admin_stop_answers_504_at_its_deadline_and_loses_nothing(account):
+    platform, region, paastis = account
+    region.hang = re.compile(r"^/v1/apps/shop")
+    response = paastis.request("POST", "/apps/shop/stop", headers=ADMIN, timeout=PATIENCE)
+    assert response.status_code == 504
+    assert "could not stop 'shop'" in response.json()["error"]
+    assert platform.apps["shop"].process.running
+    region.hang = None
+
+    def monitored() -> bool:
+        apps = paastis.request("GET", "/apps", headers=ADMIN).json()["apps"]
+        return any(app["name"] == "shop" and app["monitored"] for app in apps)
+
+    wait_until(monitored, 10, what="shop to be registered again after its stop failed")
