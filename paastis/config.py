@@ -271,9 +271,10 @@ def sleep_policy(env: Env) -> dict[str, object]:
         compile_paths(paths)
     except PassivePatternError as error:
         raise ConfigError(f"PAASTIS_PASSIVE_PATHS: {error}") from None
-    currency = env.get("PAASTIS_CURRENCY", "EUR").upper()
-    if not (len(currency) == 3 and currency.isalpha()):
-        raise ConfigError(f"PAASTIS_CURRENCY={currency!r} must be a three-letter ISO 4217 code such as EUR or USD")
+    raw_currency = env.get("PAASTIS_CURRENCY", "EUR")
+    currency = raw_currency.upper()
+    if not (len(currency) == 3 and currency.isascii() and currency.isalpha()):
+        raise ConfigError(f"PAASTIS_CURRENCY={raw_currency!r} must be a three-letter ISO 4217 code such as EUR or USD")
     return {
         "timezone": timezone,
         "awake_during": windows["PAASTIS_AWAKE_DURING"],
