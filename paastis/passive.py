@@ -18,20 +18,26 @@ from datetime import datetime
 
 # Common uptime monitors, load-balancer and orchestrator probes, and search-engine and AI
 # crawlers (docs/sleep-policy.md lists them). Matched anywhere in the User-Agent, ignoring case.
+# Plain words on purpose: they are looked for as substrings, much faster than a regex.
 DEFAULT_USER_AGENTS: tuple[str, ...] = (
     r"UptimeRobot",
     r"Pingdom",
     r"StatusCake",
     r"Site24x7",
-    r"Better ?(Uptime|Stack)",
+    r"Better Uptime",
+    r"BetterUptime",
+    r"Better Stack",
+    r"BetterStack",
     r"Uptime-Kuma",
     r"Freshping",
     r"HetrixTools",
-    r"updown\.io",
-    r"Oh ?Dear",
+    r"updown",
+    r"Oh Dear",
+    r"OhDear",
     r"Checkly",
     r"Cronitor",
-    r"Datadog(Synthetics| Agent)",
+    r"DatadogSynthetics",
+    r"Datadog Agent",
     r"NewRelicPinger",
     r"GoogleStackdriverMonitoring",
     r"Amazon-Route53-Health-Check",
@@ -85,16 +91,32 @@ def compile_paths(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
     return _compile(patterns, 0)
 
 
+REGEX_SYNTAX = set(".^$*+?{}[]\\|()")
+
+
 class PassiveVisitors:
-    """Tells passive requests apart; per-app path patterns come from the app's policy."""
+    """Tells passive requests apart; per-app path patterns come from the app's policy.
+
+    Every request asks, so plain words (most of the default list) are looked for as
+    substrings of the lower-cased ``User-Agent``, and only real regular expressions go
+    through the regex engine: one alternation of 40 case-insensitive branches costs about
+    a hundred microseconds per request, substrings a few (see BENCHMARKS.md).
+    """
 
     def __init__(self, user_agents: tuple[str, ...]):
-        self.user_agents = compile_user_agents(user_agents)
+        compile_user_agents(user_agents)  # refuses an invalid pattern, naming it
+        self.words = tuple(p.lower() for p in user_agents if not REGEX_SYNTAX & set(p))
+        self.patterns = compile_user_agents(tuple(p for p in user_agents if REGEX_SYNTAX & set(p)))
 
     def is_passive(self, user_agent: str | None, path: str, paths: re.Pattern[str] | None) -> bool:
         if paths is not None and paths.fullmatch(path):
             return True
-        return self.user_agents is not None and bool(user_agent) and bool(self.user_agents.search(user_agent))
+        if not user_agent:
+            return False
+        lowered = user_agent.lower()
+        if any(map(lowered.__contains__, self.words)):
+            return True
+        return self.patterns is not None and self.patterns.search(user_agent) is not None
 
 
 def retry_after(now: datetime, wakes_at: datetime | None) -> int:
