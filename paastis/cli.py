@@ -34,9 +34,10 @@ EXIT_REMOTE = 1  # a remote command failed (unreachable, refused, or the operati
 class Failure(click.ClickException):
     """One line on stderr, prefixed with the command name, and a non-zero exit."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_REMOTE):
+    def __init__(self, message: str, exit_code: int = EXIT_REMOTE, status: int | None = None):
         super().__init__(message)
         self.exit_code = exit_code
+        self.status = status  # the admin API's HTTP status, when it answered
 
     def show(self, file: Any = None) -> None:
         click.echo(f"paastis: {self.format_message()}", err=True)
@@ -93,7 +94,7 @@ def _answer(response: requests.Response, method: str, path: str) -> Any:
         message = "not found (is the admin API on? ROUTING_SYSTEM_API_ENABLED=true)"
     else:
         message = (response.text or response.reason or "no answer").strip().splitlines()[0][:200]
-    raise Failure(f"{method} {path}: {response.status_code}: {message}")
+    raise Failure(f"{method} {path}: {response.status_code}: {message}", status=response.status_code)
 
 
 def _reason(error: Exception) -> str:
@@ -260,6 +261,54 @@ def events(app, kind, since, limit, url, token, timeout, as_json) -> None:  # ty
     """Show what paastis did, newest first."""
     data = admin(url, token, timeout).call("GET", "/events", app=app, type=kind, since=since, limit=limit)
     emit(data, as_json, render_events)
+
+
+@cli.command()
+@click.option("--app", help="only this app")
+@click.option("--since", help="from this ISO 8601 date (default: 30 days ago)")
+@click.option("--until", help="to this ISO 8601 date (default: now)")
+@remote_options
+def savings(app, since, until, url, token, timeout, as_json) -> None:  # type: ignore[no-untyped-def]
+    """What paastis saved: hours asleep and awake, and money, per app and in total."""
+    api = admin(url, token, timeout)
+    try:
+        data = api.call("GET", "/savings", app=app, since=since, until=until)
+    except Failure as failure:
+        if failure.status == 404:
+            raise Failure("this paastis has no savings report (GET /savings answers 404)") from None
+        raise
+    emit(data, as_json, render_savings)
+
+
+def render_savings(data: dict) -> str:
+    currency = data.get("currency", "")
+    dry_run = bool(data.get("dry_run"))
+
+    def money(value: float | None) -> str | None:
+        return None if value is None else f"{value:.2f}"
+
+    def hours(value: float | None) -> str | None:
+        return None if value is None else f"{value:.1f}h"
+
+    headers = ["APP", "ASLEEP", "AWAKE", f"PRICE/H ({currency})", f"SAVED ({currency})"]
+    if dry_run:
+        headers += ["WOULD SLEEP", f"WOULD SAVE ({currency})"]
+    rows = []
+    for a in data["apps"]:
+        price = None if a.get("price_per_hour") is None else f"{a['price_per_hour']:.4f}"
+        cells = [a["app"], hours(a["asleep_hours"]), hours(a["awake_hours"]), price, money(a.get("money_saved"))]
+        if dry_run:
+            cells += [hours(a.get("would_sleep_hours")), money(a.get("money_would_save"))]
+        rows.append(cells)
+    total = data["total"]
+    cells = ["TOTAL", hours(total["asleep_hours"]), hours(total["awake_hours"]), None, money(total["money_saved"])]
+    if dry_run:
+        cells += [hours(total.get("would_sleep_hours")), money(total.get("money_would_save"))]
+    rows.append(cells)
+    period = f"from {when(data['since'])} to {when(data['until'])} (UTC)"
+    unpriced = total.get("apps_without_price") or []
+    note = f"\nno price known for: {', '.join(unpriced)} (set cost_per_month in a rule)" if unpriced else ""
+    return f"{period}\n{table(headers, rows)}{note}"
 
 
 def with_progress(what: str, call: Callable[[], Any]) -> tuple[Any, float]:
