@@ -325,7 +325,7 @@ def is_dashboard_request(req: Request) -> bool:
     dashboard_host = current_app.extensions["paastis"].settings.dashboard_host
     if dashboard_host is None:
         return False
-    host = req.headers.get("Host", "").lower()
+    host = req.environ.get("HTTP_HOST", "").lower()  # not req.headers: this runs for every proxied request
     name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
     return name.rstrip(".") == dashboard_host and not is_system_request(req)
 
