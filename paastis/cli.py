@@ -236,9 +236,7 @@ def apps(url: str | None, token: str | None, timeout: float, as_json: bool) -> N
 @remote_options
 def start(name: str, url: str | None, token: str | None, timeout: float, as_json: bool) -> None:
     """Wake NAME (and its linked apps); show progress until it is ready."""
-    api = admin(url, token, timeout)
-    app, took = with_progress(f"waking {name}", lambda: api.call("POST", f"/apps/{name}/start"))
-    emit(app, as_json, lambda a: f"{a['name']} is {a['status']} (ready after {seconds(took)})")
+    operate(admin(url, token, timeout), name, "start", as_json)
 
 
 @cli.command()
@@ -246,9 +244,15 @@ def start(name: str, url: str | None, token: str | None, timeout: float, as_json
 @remote_options
 def stop(name: str, url: str | None, token: str | None, timeout: float, as_json: bool) -> None:
     """Put NAME to sleep now (runs its hooks, records APP_STOPPED)."""
-    api = admin(url, token, timeout)
-    app, took = with_progress(f"stopping {name}", lambda: api.call("POST", f"/apps/{name}/stop"))
-    emit(app, as_json, lambda a: f"{a['name']} is {a['status']} (after {seconds(took)})")
+    operate(admin(url, token, timeout), name, "stop", as_json)
+
+
+def operate(api: AdminApi, name: str, operation: str, as_json: bool) -> None:
+    """``POST /apps/NAME/start`` or ``/stop``, with progress while it runs, then the app's new state."""
+    doing = {"start": "waking", "stop": "stopping"}[operation]
+    app, took = with_progress(f"{doing} {name}", lambda: api.call("POST", f"/apps/{name}/{operation}"))
+    after = "ready after" if operation == "start" else "after"
+    emit(app, as_json, lambda a: f"{a['name']} is {a['status']} ({after} {seconds(took)})")
 
 
 @cli.command()

@@ -153,6 +153,14 @@ class Gunicorn:
         self._log.close()
 
 
+def close_in_process(paastis: Any) -> None:
+    """Stop the local apps an in-process paastis (``create_app``) woke, then close it."""
+    for app in paastis.directory.apps():
+        if port_open(int(paastis.provider.upstream_url(app).rsplit(":", 1)[1])):
+            paastis.provider.stop(app)
+    paastis.close()
+
+
 def kill_local_apps(state_dir: Path) -> None:
     """Stop whatever the local provider spawned under ``state_dir`` (tests must not leak processes)."""
     for pid_file in state_dir.glob("*.pid"):

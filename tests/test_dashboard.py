@@ -11,7 +11,7 @@ import pytest
 from paastis import create_app
 from paastis.config import ConfigError, Settings
 from paastis.events import Event
-from tests.support import local_app, port_open, wait_until, write_config
+from tests.support import close_in_process, local_app, wait_until, write_config
 
 TOKEN = "dashboard-token-0123456789"
 SECRET = "s" * 40
@@ -42,10 +42,7 @@ def build(tmp_path):
 
     yield make
     for paastis in built:
-        for app in paastis.directory.apps():
-            if port_open(int(paastis.provider.upstream_url(app).rsplit(":", 1)[1])):
-                paastis.provider.stop(app)
-        paastis.close()
+        close_in_process(paastis)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from paastis.config import Settings
 from paastis.registry import utcnow
 from tests.fakes.scalingo_api import ScalingoPlatform
 from tests.redis_support import SHARED_URL, RedisServer, delete_prefix, unique_prefix
-from tests.support import free_port, port_open, upstream_command, wait_until, write_config
+from tests.support import close_in_process, free_port, port_open, upstream_command, wait_until, write_config
 
 TOKEN = "s3cret-token-0123456789abcdef"
 SYSTEM = {"PaastisProxyTarget": "system", "PaastisProxySystemApiToken": TOKEN}
@@ -58,10 +58,7 @@ def instance(tmp_path):
 
     yield build
     for paastis in built:
-        for app in paastis.directory.apps():
-            if port_open(int(paastis.provider.upstream_url(app).rsplit(":", 1)[1])):
-                paastis.provider.stop(app)
-        paastis.close()
+        close_in_process(paastis)
 
 
 @pytest.fixture

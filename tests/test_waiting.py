@@ -7,7 +7,7 @@ import pytest
 from paastis import create_app
 from paastis.config import Settings
 from paastis.events import Event
-from tests.support import local_app, port_open, starts, wait_until, write_config
+from tests.support import close_in_process, local_app, starts, wait_until, write_config
 
 BROWSER = {"Host": "demo.localhost", "Accept": "text/html,application/xhtml+xml"}
 STATUS = {"Host": "demo.localhost", "PaastisProxyWakeStatus": "1"}
@@ -15,16 +15,13 @@ STATUS = {"Host": "demo.localhost", "PaastisProxyWakeStatus": "1"}
 
 @pytest.fixture
 def paastis_app(tmp_path):
-    demo, port = local_app(tmp_path, "demo", BOOT_DELAY=1)
+    demo, _ = local_app(tmp_path, "demo", BOOT_DELAY=1)
     config = write_config(tmp_path, [demo])
     app = create_app(
         Settings.from_env({"PAASTIS_CONFIG_FILE": str(config), "PAASTIS_STATE_DIR": str(tmp_path / "s")}, dotenv=False)
     )
     yield app
-    paastis = app.extensions["paastis"]
-    if port_open(port):
-        paastis.provider.stop(paastis.directory.apps()[0])
-    paastis.close()
+    close_in_process(app.extensions["paastis"])
 
 
 def status(client) -> dict:
