@@ -71,6 +71,22 @@ def test_apps_start_stop_and_events_drive_a_running_instance(served, tmp_path):
     assert [e["type"] for e in only_starts["events"]] == ["APP_STARTED"] and only_starts["events"][0]["duration"] > 0
 
 
+def test_savings_shows_what_sleeping_saved(served):
+    assert run("start", "demo", **served.cli_env).returncode == 0
+    assert run("stop", "demo", **served.cli_env).returncode == 0
+    result = run("savings", **served.cli_env)
+    assert result.returncode == 0, result.stderr
+    period, header, *rows = result.stdout.splitlines()
+    assert period.startswith("from ") and period.endswith(" (UTC)")
+    assert header.split()[:3] == ["APP", "ASLEEP", "AWAKE"] and "SAVED (EUR)" in header
+    assert rows[0].split()[0] == "demo" and rows[1].split()[0] == "TOTAL"
+    assert rows[-1] == "no price known for: demo (set cost_per_month in a rule)"
+    data = json.loads(run("savings", "--app", "demo", "--json", **served.cli_env).stdout)
+    assert [a["app"] for a in data["apps"]] == ["demo"] and data["apps"][0]["awake_hours"] > 0
+    bad = run("savings", "--since", "yesterday", **served.cli_env)
+    assert bad.returncode == 1 and "400" in bad.stderr and len(bad.stderr.splitlines()) == 1
+
+
 def test_start_shows_progress_on_stderr_while_waiting(tmp_path, gunicorn_factory):
     app, _ = local_app(tmp_path, BOOT_DELAY=6)
     write_config(tmp_path, [app])

@@ -313,3 +313,30 @@ def test_a_running_app_counts_down_from_its_last_request(client):
     row = get(client, "/dashboard/apps/demo/row").get_data(as_text=True)
     deadline = int(re.search(r'data-deadline="(\d+)"', row).group(1)) / 1000
     assert 4 * 60 < deadline - time.time() <= 5 * 60  # max idle 5 min, used just now
+
+
+def test_an_app_s_schedule_and_next_change_are_shown(tmp_path):
+    hour = datetime.now(UTC).hour
+    window = f"{hour:02d}:00-{(hour + 2) % 24:02d}:00"  # open now, closes within two hours
+    demo, _ = local_app(tmp_path, "demo")
+    config = write_config(tmp_path, [demo], [{"pattern": "demo", "awake_during": window, "timezone": "UTC"}])
+    env = {"PAASTIS_CONFIG_FILE": str(config), "PAASTIS_STATE_DIR": str(tmp_path / "state")}
+    app = create_app(
+        Settings.from_env(
+            {**env, "ROUTING_SYSTEM_API_TOKEN": TOKEN, "PAASTIS_DASHBOARD_HOST": HOST, "PAASTIS_SECRET_KEY": SECRET},
+            dotenv=False,
+        )
+    )
+    try:
+        client = app.test_client()
+        sign_in(client)
+        with client.get("/echo", headers={"Host": "demo.localhost"}) as response:
+            assert response.status_code == 200
+        row = get(client, "/dashboard/apps/demo/row").get_data(as_text=True)
+        schedule = re.search(r'<td data-label="Schedule">(.*?)</td>', row, re.S).group(1)
+        assert f"awake {window}" in schedule and "UTC, now in an awake window" in schedule
+        assert re.search(r"next change <time datetime=\"[^\"]+\">in (\d+ min \d\d s|[12] h \d\d min)", schedule)
+        stops = re.search(r'<td data-label="Stops in">(.*?)</td>', row, re.S).group(1)
+        assert stops == "not inside its awake window"  # the idle timer does not apply there
+    finally:
+        close_in_process(app.extensions["paastis"])

@@ -122,6 +122,14 @@ def since(iso: str | None) -> str:
     return f"{seconds // 86400} d ago"
 
 
+@bp.app_template_filter("until")
+def until(iso: str) -> str:
+    """``in 3 h 05 min (Sat 17:00 UTC)`` from an ISO date in the future."""
+    at = datetime.fromisoformat(iso)
+    seconds = (at - datetime.now(UTC)).total_seconds()
+    return f"in {left(seconds)} ({at.astimezone(UTC).strftime('%a %H:%M')} UTC)"
+
+
 @bp.app_template_filter("left")
 def left(seconds: float) -> str:
     """A countdown as the script shows it: ``42 s``, ``4 min 05 s``, ``1 h 10 min``."""

@@ -121,7 +121,21 @@ def row(app: AppInfo, latest: dict[str, Event]) -> dict[str, Any]:
     data["stops_in"] = stops_in(data)
     data["deadline_ms"] = None if data["stops_in"] is None else int((time.time() + data["stops_in"]) * 1000)
     data["last_wake"] = latest.get(app.key)
+    data["schedule_lines"] = schedule_lines(data.get("schedule"))
     return data
+
+
+def schedule_lines(schedule: dict[str, Any] | None) -> list[str]:
+    """The sleep-policy schedule (``schedule`` in ``GET /apps/<name>``) as people read it."""
+    if not schedule:
+        return []
+    lines = [f"awake {'; '.join(schedule['awake_during'])}"] if schedule.get("awake_during") else []
+    if schedule.get("asleep_during"):
+        wakes = "" if schedule.get("wake_during_sleep", True) else " (requests do not wake it)"
+        lines.append(f"asleep {'; '.join(schedule['asleep_during'])}{wakes}")
+    state = {"awake": "now in an awake window", "asleep": "now in an asleep window"}.get(schedule.get("state") or "")
+    lines.append(f"{schedule.get('timezone', 'UTC')}" + (f", {state}" if state else ""))
+    return lines
 
 
 def stops_in(data: dict[str, Any]) -> float | None:
@@ -130,6 +144,8 @@ def stops_in(data: dict[str, Any]) -> float | None:
         return None
     if data["requests_in_flight"] or data["idle_seconds"] is None:
         return None  # held by a request: the countdown starts when it ends
+    if (data.get("schedule") or {}).get("state") == "awake":
+        return None  # never stopped for idleness inside an awake window
     return max(0.0, data["max_idle_time"] * 60 - data["idle_seconds"])
 
 
