@@ -127,6 +127,10 @@ def test_wake_and_stop_buttons_update_the_row_without_reloading(page, served, tm
     assert page.locator("table.events tbody tr td[data-label='Type']").all_inner_texts() == ["APP_STARTED"]
     assert page.locator("table.events tbody tr td[data-label='Reason']").all_inner_texts() == ["manual"]
 
+    page.click("nav >> text=Savings")
+    assert page.locator("figure.chart svg rect.bar").count() == 14  # one bar per day, drawn by the server
+    assert page.locator("table.savings tbody th").all_inner_texts() == ["demo"]
+
 
 def test_declining_the_confirmation_stops_nothing(page, served):
     requests.get(served.url + "/echo", headers={"Host": "demo.localhost"}, timeout=30).raise_for_status()
