@@ -137,17 +137,18 @@ def price_per_hour(provider: str, memo: dict[str, Any] | None, currency: str) ->
 
 
 def _formation(memo: dict[str, Any] | None) -> list[tuple[str, int]]:
-    """(size, amount) pairs from a Scalingo (``containers``) or Heroku (``formation``) memo."""
+    """(size, amount) pairs from a Scalingo (``containers``) or Heroku (``formation``) memo.
+
+    Empty when unknown, or when a process type that runs has no size (a partial price would lie).
+    """
     if not isinstance(memo, dict):
         return []
-    out = []
-    for entry in memo.get("containers") or []:
-        if isinstance(entry, dict) and entry.get("amount") and isinstance(entry.get("size"), str):
-            out.append((entry["size"], int(entry["amount"])))
-    for entry in memo.get("formation") or []:
-        if isinstance(entry, dict) and entry.get("quantity") and isinstance(entry.get("size"), str):
-            out.append((entry["size"], int(entry["quantity"])))
-    return out
+    entries = [(e.get("size"), e.get("amount")) for e in memo.get("containers") or [] if isinstance(e, dict)]
+    entries += [(e.get("size"), e.get("quantity")) for e in memo.get("formation") or [] if isinstance(e, dict)]
+    running = [(size, amount) for size, amount in entries if isinstance(amount, int) and amount > 0]
+    if not all(isinstance(size, str) and size for size, _ in running):
+        return []
+    return running
 
 
 class Savings:

@@ -15,6 +15,8 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis
 
+from tests.fakes.platform import closing_factory
+from tests.fakes.scalingo_api import ScalingoPlatform
 from tests.redis_support import SHARED_URL
 from tests.support import local_app, port_open, starts, wait_until, write_config
 
@@ -252,3 +254,17 @@ def test_savings_for_a_scripted_day_match_the_stops_and_starts(tmp_path, gunicor
     assert bad.status_code == 400 and "ISO 8601" in bad.json()["error"]
     backwards = api(again, "GET", "/savings", params={"since": ended.isoformat(), "until": began.isoformat()})
     assert backwards.status_code == 400
+
+
+platforms = closing_factory(ScalingoPlatform)
+
+
+def test_the_price_comes_from_the_formation_scalingo_returned_at_the_stop(platforms, paastis_for):
+    platform = platforms()
+    platform.add_app("shop", formation={"web": (3, "L"), "worker": (0, "S"), "clock": (1, "S")}, running=True)
+    paastis = paastis_for(platform, START_AND_STOP_MAX_IDLE_TIME="0.02", **FAST, **API)
+    wait_until(lambda: ("APP_STOPPED", "idle") in [(e["type"], e["reason"]) for e in events(paastis)], 20)
+    (shop,) = api(paastis, "GET", "/savings", params={"app": "shop"}).json()["apps"]
+    assert shop["price_per_hour"] == pytest.approx((3 * 28.80 + 7.20) / 730, abs=1e-6)
+    assert shop["price_source"].startswith("scalingo 3xL + 1xS (list prices of")
+    assert shop["money_saved"] == pytest.approx(shop["asleep_hours"] * shop["price_per_hour"], abs=0.01)

@@ -97,3 +97,10 @@ def test_the_daily_summary_is_logged_once_per_day(paastis_caplog):
     savings.log_daily_summary(at(30))
     lines = [r.getMessage() for r in paastis_caplog.records if "savings for" in r.getMessage()]
     assert lines == ["savings for 2026-11-02 (UTC): asleep 13.5 h, awake 29.5 h, saved 0.00 EUR"]
+
+
+def test_a_formation_with_a_size_missing_has_no_price():
+    memo = {"containers": [{"name": "web", "amount": 1, "size": "M"}, {"name": "worker", "amount": 2}]}
+    assert price_per_hour("scalingo", memo, "EUR")[0] is None
+    stopped_worker = {"containers": [{"name": "web", "amount": 1, "size": "M"}, {"name": "worker", "amount": 0}]}
+    assert price_per_hour("scalingo", stopped_worker, "EUR")[0] == pytest.approx(14.40 / HOURS_PER_MONTH)
