@@ -7,6 +7,8 @@ where a well-behaved HTTP client could not misbehave enough. The apps are
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.recording_upstream import RecordingUpstream
-from tests.support import Gunicorn, SlowClients, wait_until, write_config
+from tests.support import Gunicorn, SlowClients, local_app, wait_until, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -171,3 +173,20 @@ def test_a_request_whose_body_was_sent_is_never_retried(paastis_with, upstreams,
     assert response.status_code == 502
     assert "app 'rec' did not answer" in response.json()["error"]
     assert len(upstreams["rec"].hits_for("/hangup-once")) == 1
+
+
+# -- graceful shutdown ------------------------------------------------------------------
+
+
+def test_sigterm_lets_an_inflight_download_finish(tmp_path, gunicorn_factory):
+    app, _ = local_app(tmp_path)
+    write_config(tmp_path, [app])
+    paastis = gunicorn_factory()
+    response = paastis.get("/stream?chunks=8&delay=0.5", stream=True)
+    chunks = response.iter_content(chunk_size=None)
+    assert next(chunks) == b"chunk 0\n"
+    os.killpg(paastis.process.pid, signal.SIGTERM)  # the whole group, as a PaaS stopping the container does
+    rest = b"".join(chunks)
+    assert rest == b"".join(f"chunk {i}\n".encode() for i in range(1, 8))
+    wait_until(lambda: paastis.process.poll() is not None, 30, what="gunicorn to exit")
+    assert "Traceback" not in paastis.logs()
