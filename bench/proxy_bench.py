@@ -109,6 +109,10 @@ class Processes:
         path = self.tmp / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def stop_last(self) -> None:
+        """Stop the server started last (for benchmarks that start one per case)."""
+        stop(self.started.pop())
+
     def stop_all(self) -> None:
         for process in reversed(self.started):
             stop(process)
