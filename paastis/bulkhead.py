@@ -9,6 +9,9 @@ The count is per worker process: it protects that worker's threads, which is wha
 from __future__ import annotations
 
 import threading
+import time
+
+WARN_EVERY = 10.0  # seconds between two "app is busy" warnings for one app
 
 
 class Bulkhead:
@@ -17,6 +20,7 @@ class Bulkhead:
     def __init__(self, limit: int):
         self.limit = limit
         self._counts: dict[str, int] = {}
+        self._warned: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def enter(self, key: str) -> bool:
@@ -39,3 +43,14 @@ class Bulkhead:
 
     def in_flight(self, key: str) -> int:
         return self._counts.get(key, 0)
+
+    def should_warn(self, key: str) -> bool:
+        """True at most once every ``WARN_EVERY`` seconds per app: a flood of refusals is one log line, not one each."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._warned.get(key, -WARN_EVERY) < WARN_EVERY:
+                return False
+            self._warned[key] = now
+            if len(self._warned) > 10_000:  # keys are known apps, but stay bounded anyway
+                self._warned.clear()
+            return True

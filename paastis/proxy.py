@@ -354,7 +354,8 @@ def serve(lifecycle: Lifecycle, proxy: Proxy, registry: Any, gate: SleepGate | N
     if screened is not None and screened is not PASSIVE:
         return screened
     if not proxy.bulkhead.enter(app.key):
-        return busy_response(app.key, proxy.bulkhead.limit)
+        proxy.metrics.proxied_requests.labels(app.key, "503").inc()
+        return busy_response(app.key, proxy.bulkhead)
     if screened is PASSIVE:  # proxied, but leaves no trace in the registry: the idle timer runs on
         return _serve_passive(lifecycle, proxy, app)
     try:
@@ -389,9 +390,11 @@ def _end(proxy: Proxy, registry: Any, key: str, token: object) -> None:
         proxy.bulkhead.leave(key)
 
 
-def busy_response(key: str, limit: int) -> Response:
+def busy_response(key: str, bulkhead: Bulkhead) -> Response:
     """The bulkhead is full for this app: answer at once, so the thread goes back to the other apps."""
-    log.warning("app %s already has %d requests in flight (MAX_IN_FLIGHT_PER_APP): answering 503", key, limit)
+    limit = bulkhead.limit
+    if bulkhead.should_warn(key):
+        log.warning("app %s already has %d requests in flight (MAX_IN_FLIGHT_PER_APP): answering 503", key, limit)
     response = error_response(503, f"app {key!r} is busy: {limit} requests are already waiting on it; retry shortly")
     response.headers["Retry-After"] = str(BUSY_RETRY_AFTER)
     return response
