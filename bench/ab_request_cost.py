@@ -12,7 +12,9 @@ CPU microseconds per request barely move when other processes compete for the co
 a shared, noisy machine they compare two versions far better than throughput does.
 
 Extra environment for the paastis processes can be given with ``--env NAME=VALUE`` (e.g.
-``MAX_IN_FLIGHT_PER_APP=32`` to compare 32 connections on one app without the bulkhead's 503s).
+``MAX_IN_FLIGHT_PER_APP=32`` to compare 32 connections on one app without the bulkhead's 503s),
+and for tree A only with ``--a-env``: ``. . --a-env GUNICORN_CMD_ARGS=--worker-class=gthread``
+compares one tree under stock gthread and under its own worker class.
 """
 
 from __future__ import annotations
@@ -57,8 +59,10 @@ def start_tree(root: Path, config: Path, tmp: Path, env: dict[str, str]) -> tupl
     return process, port
 
 
-def measure(root: Path, config: Path, tmp: Path, args: argparse.Namespace) -> tuple[float, float, int]:
-    process, port = start_tree(root, config, tmp, args.env)
+def measure(
+    root: Path, config: Path, tmp: Path, env: dict[str, str], args: argparse.Namespace
+) -> tuple[float, float, int]:
+    process, port = start_tree(root, config, tmp, env)
     try:
         run_wrk(port, args.connections, 2)  # warm-up: the app is registered, pools are filled
         before = worker_cpu_seconds(process.pid)
@@ -79,8 +83,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the paastis processes")
+    parser.add_argument("--a-env", action="append", default=[], help="NAME=VALUE for tree A only")
     args = parser.parse_args()
     args.env = dict(item.split("=", 1) for item in args.env)
+    args.a_env = dict(item.split("=", 1) for item in args.a_env)
     return args
 
 
@@ -99,14 +105,14 @@ def main() -> None:
             config = write_config(Path(tmp), apps=[app])
             for round_ in range(args.rounds):
                 for name in ("A", "B") if round_ % 2 == 0 else ("B", "A"):
-                    rps, cpu_us, errors = measure(trees[name], config, Path(tmp), args)
+                    env = {**args.env, **(args.a_env if name == "A" else {})}
+                    rps, cpu_us, errors = measure(trees[name], config, Path(tmp), env, args)
                     results[name].append((rps, cpu_us, errors))
                     print(f"round {round_ + 1} {name}: {rps:.0f} req/s, {cpu_us:.0f} µs CPU/request, {errors} errors")
         finally:
             procs.stop_all()
-    print(
-        f"\n{args.connections} connection(s), {args.duration} s per run, {args.rounds} rounds, env {args.env or '{}'}"
-    )
+    env = f"{args.env or '{}'}, A only: {args.a_env or '{}'}"
+    print(f"\n{args.connections} connection(s), {args.duration} s per run, {args.rounds} rounds, env {env}")
     print("| tree | median req/s | median worker CPU per request | errors |")
     print("|---|---:|---:|---:|")
     for name, rows in results.items():
