@@ -47,6 +47,7 @@ from .config import Settings
 
 HEAD_READ = 16 * 1024  # bytes per recv() while a head arrives
 MAX_POLLED_HEAD = 64 * 1024  # beyond this, the thread reads the rest (still under the head deadline)
+WAIT, READY, GONE = object(), object(), object()  # what one read of a head found
 RESPONSE_408 = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 
@@ -164,33 +165,42 @@ class PaastisWorker(ThreadWorker):
         """Read what is there now; hand the connection to a thread once the head is whole, else watch it."""
         conn.timed = True
         conn.head_deadline = time.monotonic() + self.header_timeout
-        if not self._take_bytes(conn):
+        outcome = self._take_bytes(conn)
+        if outcome is WAIT:
             self.heads[conn] = None
             self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_head_readable, conn))
+        else:
+            self._leave_main_loop(conn, outcome)
 
     def _on_head_readable(self, conn: Connection, sock: socket.socket) -> None:
-        if self._take_bytes(conn):
+        outcome = self._take_bytes(conn)
+        if outcome is not WAIT:
             self.poller.unregister(conn.sock)
             del self.heads[conn]
+            self._leave_main_loop(conn, outcome)
 
-    def _take_bytes(self, conn: Connection) -> bool:
-        """One non-blocking read; True once the connection left the main loop (to a thread, or closed)."""
+    def _take_bytes(self, conn: Connection) -> object:
+        """One non-blocking read: the head is whole (READY), the client is gone (GONE), or WAIT for more."""
         try:
             data = conn.sock.recv(HEAD_READ)
         except (BlockingIOError, InterruptedError):
-            return False
+            return WAIT
         except OSError:
-            data = b""
+            return GONE
         if not data:
-            self._close(conn)
-            return True
+            return GONE
         searched = len(conn.head)
         conn.head += data
         if head_complete(conn.head, searched) or len(conn.head) > MAX_POLLED_HEAD:
+            return READY
+        return WAIT
+
+    def _leave_main_loop(self, conn: Connection, outcome: object) -> None:
+        if outcome is READY:
             conn.data_ready = True
             self.enqueue_req(conn)
-            return True
-        return False
+        else:
+            self._close(conn)
 
     def murder_pending(self) -> None:
         """gthread's expiry of deferred connections, plus heads past ``CLIENT_HEADER_TIMEOUT``.
