@@ -12,7 +12,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from croniter import croniter
 from dotenv import dotenv_values
 
 from .passive import DEFAULT_USER_AGENTS, PassivePatternError, compile_paths, compile_user_agents
@@ -100,6 +102,15 @@ class Env:
             raise ConfigError(f"{name}={raw!r} must be one of: {', '.join(choices)}")
         return raw.lower()
 
+    def port(self, name: str, default: int) -> int:
+        value = self.integer(name, default, minimum=1)
+        if value > 65535:
+            raise ConfigError(f"{name}={value!r} must be a port number (1-65535)")
+        return value
+
+    def is_set(self, name: str) -> bool:
+        return self.get(name) is not None
+
     def csv(self, name: str) -> list[str]:
         raw = self.get(name)
         if raw is None:
@@ -112,6 +123,85 @@ WAKE_STRATEGIES = ("auto", "blocking", "waiting-page")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 STORE_TYPES = ("in-memory", "redis")
 EVENTS_STORE_TYPES = (*STORE_TYPES, "postgres")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_URL_VARIABLES = ("REGISTRY_REDIS_URL", "REDIS_URL", "SCALINGO_REDIS_URL")
+# What tells a platform's credentials apart when PROVIDER_NAME is not set (the original had no local default).
+PROVIDER_CREDENTIALS = {
+    "scalingo": ("PROVIDER_SCALINGO_API_TOKEN",),
+    "heroku": ("PROVIDER_HEROKU_API_TOKEN",),
+    "clever-cloud": (
+        "PROVIDER_CLEVER_OAUTH_CONSUMER_KEY",
+        "PROVIDER_CLEVER_OAUTH_CONSUMER_SECRET",
+        "PROVIDER_CLEVER_TOKEN",
+        "PROVIDER_CLEVER_SECRET",
+    ),
+}
+
+
+def read_environment(dotenv_file: Path = Path(".env")) -> dict[str, str]:
+    """The process environment over the ``.env`` file's values.
+
+    ``interpolate=False`` keeps ``$NAME`` and ``${NAME}`` as written: they are meant for the
+    shell that runs a hook (``$PAASTIS_APP_NAME`` exists only then), not for load time.
+    """
+    values: dict[str, str] = {}
+    if dotenv_file.is_file():
+        loaded = dotenv_values(dotenv_file, interpolate=False)
+        values.update({k: v for k, v in loaded.items() if v is not None})
+    values.update(os.environ)
+    return values
+
+
+def infer_provider(env: Env) -> tuple[str, str | None]:
+    """``PROVIDER_NAME``, or the one platform whose credentials are set, or ``local``.
+
+    Returns the name and, when inferred, the variables it was inferred from.
+    """
+    if env.is_set("PROVIDER_NAME"):
+        return env.choice("PROVIDER_NAME", "local", PROVIDERS), None
+    present = {name: [var for var in variables if env.is_set(var)] for name, variables in PROVIDER_CREDENTIALS.items()}
+    present = {name: found for name, found in present.items() if found}
+    if len(present) > 1:
+        found = ", ".join(var for variables in present.values() for var in variables)
+        raise ConfigError(
+            f"PROVIDER_NAME is not set and credentials for several providers are ({found}): "
+            f"set PROVIDER_NAME to one of {', '.join(present)}"
+        )
+    if present:
+        name, found = next(iter(present.items()))
+        return name, ", ".join(found)
+    return "local", None
+
+
+def read_redis_url(env: Env) -> str | None:
+    """The first Redis URL set, in ``REDIS_URL_VARIABLES`` order; never echoed (it may hold a password)."""
+    for name in REDIS_URL_VARIABLES:
+        url = env.get(name)
+        if url is None:
+            continue
+        scheme = urlsplit(url).scheme
+        if scheme not in REDIS_SCHEMES:
+            shown = f"a {scheme}:// URL" if scheme else "no URL scheme"
+            raise ConfigError(f"{name} must be a redis://, rediss:// or unix:// URL (it has {shown})")
+        return url
+    return None
+
+
+def read_checking_schedule(env: Env) -> tuple[float, str | None]:
+    """Seconds between idle checks, or the original's cron expression; not both."""
+    cron = env.get("START_AND_STOP_CHECKING_INTERVAL_CRON")
+    if cron is None:
+        return env.number("START_AND_STOP_CHECKING_INTERVAL", 60.0), None
+    if env.is_set("START_AND_STOP_CHECKING_INTERVAL"):
+        raise ConfigError(
+            "START_AND_STOP_CHECKING_INTERVAL and START_AND_STOP_CHECKING_INTERVAL_CRON are both set: keep one"
+        )
+    if not croniter.is_valid(cron, second_at_beginning=len(cron.split()) == 6):
+        raise ConfigError(
+            f"START_AND_STOP_CHECKING_INTERVAL_CRON={cron!r} is not a cron expression "
+            "(5 fields, or 6 with seconds first, e.g. '*/5 * * * *')"
+        )
+    return 60.0, cron
 
 
 @dataclass(frozen=True)
@@ -132,6 +222,12 @@ class Settings:
     redis_prefix: str = "paastis:"
     redis_socket_timeout: float = 0.5
     supervisor_lock_ttl: float = 30.0
+    checking_cron: str | None = None  # START_AND_STOP_CHECKING_INTERVAL_CRON, instead of checking_interval
+    provider_inferred_from: str | None = None  # the credentials PROVIDER_NAME was inferred from
+    host: str = "0.0.0.0"
+    port: int = 3000
+    web_concurrency: int | None = None  # None: not set by the user
+    access_log: str | None = None
     directory_ttl: float = 30.0
     ignored_apps: tuple[str, ...] = ()
     allowed_apps: tuple[str, ...] = ()
@@ -163,12 +259,9 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
-        """Build settings from ``environ`` (default: the process environment plus ``.env``)."""
+        """Build settings from ``environ`` (default: the process environment over ``.env``)."""
         if environ is None:
-            values: dict[str, str] = {}
-            if dotenv and Path(".env").is_file():
-                values.update({k: v for k, v in dotenv_values(".env").items() if v is not None})
-            values.update(os.environ)
+            values = read_environment() if dotenv else dict(os.environ)
         else:
             values = dict(environ)
         return cls.from_reader(Env(values))
@@ -177,7 +270,7 @@ class Settings:
     def from_reader(cls, env: Env) -> Settings:
         registry_type = env.choice("REGISTRY_TYPE", "in-memory", STORE_TYPES)
         events_store_type = env.choice("EVENTS_STORE_TYPE", "in-memory", EVENTS_STORE_TYPES)
-        redis_url = env.get("REGISTRY_REDIS_URL") or env.get("REDIS_URL") or env.get("SCALINGO_REDIS_URL")
+        redis_url = read_redis_url(env)
         if "redis" in (registry_type, events_store_type) and not redis_url:
             raise ConfigError(
                 "REGISTRY_TYPE/EVENTS_STORE_TYPE=redis needs a Redis URL: "
@@ -198,11 +291,15 @@ class Settings:
         if level.lower() not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL={level!r} must be one of: {', '.join(LOG_LEVELS)}")
         threads = env.integer("PAASTIS_THREADS", 32)
+        provider_name, inferred_from = infer_provider(env)
+        checking_interval, checking_cron = read_checking_schedule(env)
         return cls(
-            provider_name=env.choice("PROVIDER_NAME", "local", PROVIDERS),
-            config_file=Path(env.get("PAASTIS_CONFIG_FILE", "paastis.yml")),
+            provider_name=provider_name,
+            provider_inferred_from=inferred_from,
+            config_file=read_config_file_name(env),
             max_idle_time=env.number("START_AND_STOP_MAX_IDLE_TIME", 15.0),
-            checking_interval=env.number("START_AND_STOP_CHECKING_INTERVAL", 60.0),
+            checking_interval=checking_interval,
+            checking_cron=checking_cron,
             operation_timeout=env.number("PROVIDER_OPERATION_TIMEOUT", 60.0),
             wake_strategy=env.choice("WAKE_STRATEGY", "auto", WAKE_STRATEGIES),
             log_level=level.lower(),
@@ -236,8 +333,19 @@ class Settings:
             upstream_connect_timeout=env.number("UPSTREAM_CONNECT_TIMEOUT", 5.0),
             upstream_read_timeout=env.number("UPSTREAM_READ_TIMEOUT", 300.0),
             max_in_flight_per_app=env.integer("MAX_IN_FLIGHT_PER_APP", max(1, threads // 2)),
+            host=env.get("HOST", "0.0.0.0"),
+            port=env.port("PORT", 3000),
+            web_concurrency=env.integer("WEB_CONCURRENCY", 2) if env.is_set("WEB_CONCURRENCY") else None,
+            access_log=env.get("PAASTIS_ACCESS_LOG"),
             env=env,
         )
+
+    @property
+    def workers(self) -> int:
+        """gunicorn worker processes: ``WEB_CONCURRENCY`` (default 2), but one with the in-memory registry."""
+        if self.registry_type == "in-memory":
+            return 1
+        return self.web_concurrency or 2
 
     def provider_operation_timeout(self, provider: str) -> float:
         """A provider's own ``PROVIDER_<NAME>_OPERATION_TIMEOUT`` wins over the common one."""
@@ -307,3 +415,15 @@ def dashboard_settings(env: Env, api_token: str | None) -> dict[str, object]:
         "secret_key": secret,
         "dashboard_session_hours": env.number("PAASTIS_DASHBOARD_SESSION_HOURS", 12.0),
     }
+
+
+def read_config_file_name(env: Env) -> Path:
+    """``PAASTIS_CONFIG_FILE`` must exist when set; the default ``paastis.yml`` may be absent (no rules)."""
+    raw = env.get("PAASTIS_CONFIG_FILE")
+    if raw is None:
+        return Path("paastis.yml")
+    path = Path(raw)
+    if not path.is_file():
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        raise ConfigError(f"PAASTIS_CONFIG_FILE={raw!r}: no such file{where}")
+    return path

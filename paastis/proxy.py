@@ -29,7 +29,7 @@ from urllib3.util.url import _encode_target
 from .bulkhead import Bulkhead
 from .lifecycle import Lifecycle, WakeError
 from .providers import AppInfo
-from .routing import BadHost, app_key_from_host
+from .routing import BadHost, NoAppKey, app_key_from_host, routing_help
 from .sleep_gate import PASSIVE, SleepGate
 from .waiting import WaitingRoom, asks_wake_status
 
@@ -344,6 +344,8 @@ def serve(lifecycle: Lifecycle, proxy: Proxy, registry: Any, gate: SleepGate | N
         key = app_key_from_host(request.headers.get("Host"))
     except BadHost as error:
         return error_response(400, str(error))
+    except NoAppKey as error:
+        return error_response(404, routing_help(error.host, _example_app(lifecycle)))
     if VIA in request.headers.get("Via", ""):
         return error_response(508, f"request loop: app {key!r} leads back to paastis (is paastis its upstream?)")
     try:
@@ -398,6 +400,15 @@ def busy_response(key: str, bulkhead: Bulkhead) -> Response:
     response = error_response(503, f"app {key!r} is busy: {limit} requests are already waiting on it; retry shortly")
     response.headers["Retry-After"] = str(BUSY_RETRY_AFTER)
     return response
+
+
+def _example_app(lifecycle: Lifecycle) -> str:
+    """An app this paastis knows, for examples (from the cached listing; a listing failure is no reason to fail)."""
+    try:
+        apps = lifecycle.directory.apps()
+    except Exception:  # noqa: BLE001 - the example is a courtesy
+        apps = []
+    return apps[0].key if apps else "my-app"
 
 
 def _serve_app(lifecycle: Lifecycle, proxy: Proxy, registry: Any, app: AppInfo) -> Response:

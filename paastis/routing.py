@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -9,14 +10,29 @@ HOST_RE = re.compile(rf"^({LABEL})((?:\.{LABEL})*)\.?(?::(\d{{1,5}}))?$")
 APP_KEY_RE = re.compile(rf"^{LABEL}$")
 
 
+# Host names that name a machine, never an app: requests to them carry no app key.
+MACHINE_NAMES = {"localhost", "localhost.localdomain"}
+IPV6_HOST_RE = re.compile(r"^\[([0-9A-Fa-f:.]+)\](?::\d{1,5})?$")
+
+
 class BadHost(ValueError):
     """The Host header is missing or is not ``label(.label)*[:port]``."""
+
+
+class NoAppKey(ValueError):
+    """The Host names the machine (``localhost``, an IP address), not an app behind paastis."""
+
+    def __init__(self, host: str):
+        self.host = host
+        super().__init__(f"no app in Host {host!r}")
 
 
 def app_key_from_host(host: str | None) -> str:
     """The first DNS label, lower-cased: ``demo.proxy.example.com`` and ``demo.localhost:3000`` give ``demo``."""
     if not host:
         raise BadHost("missing Host header")
+    if _names_the_machine(host):
+        raise NoAppKey(host)
     match = HOST_RE.match(host)
     if not match or len(host) > 260:
         raise BadHost("Host header is not a valid hostname")
@@ -29,3 +45,29 @@ def app_key_from_host(host: str | None) -> str:
 def is_valid_app_key(key: str) -> bool:
     """App keys must be usable as a DNS label; anything else never reaches a provider or a hook."""
     return bool(APP_KEY_RE.match(key))
+
+
+def _names_the_machine(host: str) -> bool:
+    bracketed = IPV6_HOST_RE.match(host)
+    name = bracketed.group(1) if bracketed else host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.rstrip(".").lower()
+    if name in MACHINE_NAMES:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def routing_help(host: str, example_app: str) -> str:
+    """What a request that names no app is told: how paastis routes, with an example that works here."""
+    port = ""
+    if not IPV6_HOST_RE.match(host) and host.count(":") == 1:
+        port = ":" + host.rsplit(":", 1)[1]
+    return (
+        f"no app in Host {host!r}: paastis routes each request by the first label of its host name, "
+        f"<app>.<your domain>. For the app {example_app!r}, use {example_app}.localhost{port} on this machine "
+        f"(curl -H 'Host: {example_app}.localhost{port}' ...), or {example_app}.proxy.example.com once a "
+        "wildcard DNS record *.proxy.example.com points at paastis"
+    )

@@ -7,6 +7,8 @@ order, later ones overriding earlier ones field by field, and ``$1``…``$9`` in
 
 from __future__ import annotations
 
+import difflib
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +41,14 @@ RULE_FIELDS = {
     "upstream_read_timeout",
 }
 PASSIVE_ANSWERS = (503, 200)
+# Keys of the original paastis's sample file that never had an effect there: accepted, with a warning.
+INERT_RULE_FIELDS = {"group_name", "app_group"}
+# Keys the original read but that need several providers per instance: refused until supported.
+UNSUPPORTED_RULE_FIELDS = {"provider_name", "provider_zone"}
+TOP_LEVEL_KEYS = {"rules", "apps"}
 GROUP_REF = re.compile(r"\$([1-9])")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,33 +81,51 @@ class Rule:
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
-    """Read ``paastis.yml``; a missing file is an empty config, a broken one stops start-up."""
+    """Read ``paastis.yml``; a missing default file is an empty config, a broken one stops start-up."""
     if not path.is_file():
         return {}
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"PAASTIS_CONFIG_FILE={str(path)!r} is not valid YAML: {error}") from None
+        detail = " ".join(str(error).split())  # one line
+        raise ConfigError(f"{path}: not valid YAML: {detail}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"PAASTIS_CONFIG_FILE={str(path)!r} must hold a mapping (rules:, apps:)")
+        raise ConfigError(f"{path}: must hold a mapping (rules:, apps:)")
+    unknown = sorted(set(data) - TOP_LEVEL_KEYS, key=str)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown top-level key(s) {', '.join(_with_hint(k, TOP_LEVEL_KEYS) for k in unknown)}"
+        )
     return data
 
 
-def _check_rule(index: int, raw: Any) -> Rule:
+def _with_hint(key: Any, known: set[str]) -> str:
+    """``'rule' (did you mean 'rules'?)``: a typo should not cost a search through the docs."""
+    close = difflib.get_close_matches(str(key), sorted(known), n=1)
+    return f"{key!r} (did you mean {close[0]!r}?)" if close else f"{key!r} (known: {', '.join(sorted(known))})"
+
+
+def _check_rule(index: int, raw: Any, source: str) -> Rule:
     if not isinstance(raw, dict) or "pattern" not in raw:
-        raise ConfigError(f"paastis.yml rule #{index} must be a mapping with a 'pattern'")
-    where = f"paastis.yml rule #{index} (pattern {raw['pattern']!r})"
-    unknown = set(raw) - RULE_FIELDS
+        raise ConfigError(f"{source} rule #{index} must be a mapping with a 'pattern'")
+    where = f"{source} rule #{index} (pattern {raw['pattern']!r})"
+    unsupported = set(raw) & UNSUPPORTED_RULE_FIELDS
+    if unsupported:
+        raise ConfigError(
+            f"{where}: {', '.join(sorted(unsupported))} not supported yet: one paastis instance manages "
+            "one provider (PROVIDER_NAME) and its regions (PROVIDER_REGION); remove the field"
+        )
+    unknown = set(raw) - RULE_FIELDS - INERT_RULE_FIELDS
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(_with_hint(k, RULE_FIELDS) for k in sorted(unknown))}")
     try:
         pattern = re.compile(str(raw["pattern"]))
     except re.error as error:
         raise ConfigError(f"{where}: invalid pattern: {error}") from None
-    values = {k: v for k, v in raw.items() if k != "pattern"}
+    values = {k: v for k, v in raw.items() if k != "pattern" and k not in INERT_RULE_FIELDS}
     idle = values.get("app_max_idle_time")
-    if idle is not None and not _positive_number(idle):
-        raise ConfigError(f"{where}: app_max_idle_time must be a number of minutes > 0")
+    if idle is not None and (isinstance(idle, bool) or not isinstance(idle, int | float) or not 0 <= idle < 1e9):
+        raise ConfigError(f"{where}: app_max_idle_time must be a number of minutes >= 0 (0: stop at the next check)")
     read_timeout = values.get("upstream_read_timeout")
     if read_timeout is not None and not _positive_number(read_timeout):
         raise ConfigError(f"{where}: upstream_read_timeout must be a number of seconds > 0")
@@ -163,6 +190,23 @@ def _positive_number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float) and 0 < value < float("inf")
 
 
+def _inert_field_warnings(source: str, raw_rules: list[Any]) -> list[str]:
+    """One warning for every rule carrying keys that never did anything (the original's sample had them)."""
+    found = {
+        index: sorted(set(raw) & INERT_RULE_FIELDS)
+        for index, raw in enumerate(raw_rules)
+        if isinstance(raw, dict) and set(raw) & INERT_RULE_FIELDS
+    }
+    if not found:
+        return []
+    fields = sorted({name for names in found.values() for name in names})
+    rules = ", ".join(f"#{index}" for index in found)
+    return [
+        f"{source}: {' and '.join(fields)} (rule(s) {rules}) have no effect, as in the original paastis: "
+        "they are ignored; remove them (linked_apps wakes apps together)"
+    ]
+
+
 def _check_group_refs(where: str, pattern: re.Pattern[str], values: dict[str, Any]) -> None:
     """A ``$N`` beyond the pattern's groups would fail on some request: refuse it at start-up."""
     texts = [values.get("app_name"), values.get("upstream_url"), *(values.get("linked_apps") or [])]
@@ -187,9 +231,11 @@ class Rules:
 
     def __init__(self, settings: Settings, raw_rules: list[Any] | None):
         if raw_rules is not None and not isinstance(raw_rules, list):
-            raise ConfigError("paastis.yml 'rules' must be a list")
+            raise ConfigError(f"{settings.config_file}: 'rules' must be a list")
         self.settings = settings
-        self.rules = [_check_rule(i, raw) for i, raw in enumerate(raw_rules or [])]
+        source = str(settings.config_file)
+        self.rules = [_check_rule(i, raw, source) for i, raw in enumerate(raw_rules or [])]
+        self.warnings = _inert_field_warnings(source, raw_rules or [])
         self.ignored = _name_matcher(settings.ignored_apps, "REGISTRY_IGNORED_APPS")
         self.allowed = _name_matcher(settings.allowed_apps, "REGISTRY_ALLOWED_APPS")
         self.passive_paths = compile_paths(settings.passive_paths)

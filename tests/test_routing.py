@@ -2,7 +2,7 @@
 
 import pytest
 
-from paastis.routing import BadHost, app_key_from_host, is_valid_app_key
+from paastis.routing import BadHost, NoAppKey, app_key_from_host, is_valid_app_key, routing_help
 
 
 @pytest.mark.parametrize(
@@ -12,7 +12,7 @@ from paastis.routing import BadHost, app_key_from_host, is_valid_app_key
         ("demo.localhost:3000", "demo"),
         ("Demo.LOCALHOST", "demo"),
         ("app-review-pr12-front.example.com.", "app-review-pr12-front"),
-        ("localhost", "localhost"),
+        ("localhost.example.com", "localhost"),
         ("a1.b", "a1"),
     ],
 )
@@ -36,7 +36,7 @@ def test_first_label_is_the_app_key(host, key):
         "demo.example.com/path",
         "$(touch /tmp/x).example.com",
         "demo.example.com;rm -rf /",
-        "[::1]:3000",
+        "[::1",
         "a" * 64 + ".example.com",
         "demo example.com",
     ],
@@ -44,6 +44,18 @@ def test_first_label_is_the_app_key(host, key):
 def test_malformed_hosts_are_refused(host):
     with pytest.raises(BadHost):
         app_key_from_host(host)
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:3000", "127.0.0.1", "10.1.2.3:8080", "[::1]:3000", "::1"])
+def test_hosts_that_name_the_machine_carry_no_app_key(host):
+    with pytest.raises(NoAppKey):
+        app_key_from_host(host)
+
+
+def test_routing_help_explains_the_scheme_with_an_example_for_this_port():
+    text = routing_help("localhost:3000", "demo")
+    assert "<app>.<your domain>" in text
+    assert "curl -H 'Host: demo.localhost:3000'" in text
 
 
 def test_app_keys_are_dns_labels():

@@ -101,10 +101,13 @@ def test_ignored_and_allowed_apps_are_names_or_full_match_patterns():
     ("raw", "fragment"),
     [
         ({"pattern": "app-(", "app_max_idle_time": 5}, "rule #1 (pattern 'app-('): invalid pattern"),
-        ({"pattern": "titi(.*)", "name": "titi"}, "rule #1 (pattern 'titi(.*)'): unknown field(s) name"),
+        ({"pattern": "titi(.*)", "name": "titi"}, "rule #1 (pattern 'titi(.*)'): unknown field(s) 'name'"),
         ({"pattern": "a(b)", "app_name": "x-$2"}, "rule #1 (pattern 'a(b)'): $2 in 'x-$2' but the pattern has 1 group"),
         ({"pattern": "a", "linked_apps": "b"}, "rule #1 (pattern 'a'): linked_apps must be a list"),
-        ({"pattern": "a", "app_max_idle_time": 0}, "app_max_idle_time must be a number of minutes > 0"),
+        ({"pattern": "a", "app_max_idle_time": -1}, "app_max_idle_time must be a number of minutes >= 0"),
+        ({"pattern": "a", "app_nam": "x"}, "unknown field(s) 'app_nam' (did you mean 'app_name'?)"),
+        ({"pattern": "a", "provider_name": "clever-cloud"}, "provider_name not supported yet"),
+        ({"pattern": "a", "provider_zone": "par"}, "provider_zone not supported yet"),
         ({"pattern": "a", "wake_strategy": "lazy"}, "wake_strategy must be one of auto, blocking, waiting-page"),
         ({"pattern": "a", "hooks": {"on_start": "x"}}, "hooks takes only before_start"),
         ({"pattern": "a", "upstream_url": "ftp://x"}, "upstream_url must start with http:// or https://"),
@@ -180,3 +183,29 @@ def test_the_infinite_cycle_registers_each_app_once(tmp_path):
             paastis.provider.stop(app)
         paastis.close()
     wait_until(lambda: not any(port_open(int(a["url"].rsplit(":", 1)[1])) for a in apps), 10)
+
+
+def test_the_original_samples_inert_keys_are_accepted_with_one_warning():
+    engine = rules(
+        [
+            {"pattern": r"pix-app-review-pr(\d+)-(back|front)", "group_name": "pix-pr$1", "app_max_idle_time": 30},
+            {"pattern": "shop", "app_group": "shops"},
+        ]
+    )
+    assert engine.policy("pix-app-review-pr1-back").max_idle_time == 30
+    assert len(engine.warnings) == 1
+    assert "app_group and group_name (rule(s) #0, #1) have no effect" in engine.warnings[0]
+
+
+def test_app_max_idle_time_zero_means_the_next_check():
+    assert rules([{"pattern": "demo", "app_max_idle_time": 0}]).policy("demo").max_idle_time == 0
+
+
+def test_unknown_top_level_key_names_the_file_and_suggests_the_right_one(tmp_path):
+    from paastis.rules import load_config_file
+
+    path = tmp_path / "my-rules.yml"
+    path.write_text("rule:\n  - pattern: demo\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config_file(path)
+    assert str(caught.value) == f"{path}: unknown top-level key(s) 'rule' (did you mean 'rules'?)"

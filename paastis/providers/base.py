@@ -80,6 +80,16 @@ class Provider(Protocol):
     def stop(self, app: AppInfo) -> dict | None:
         """Stop ``app``; return what is needed to start it exactly as it was (e.g. a formation)."""
 
+    def failure(self, app: AppInfo) -> str | None:
+        """Why ``app`` is FAILED, when the platform can say more than the status (exit code, output)."""
+
+    def abandon_start(self, app: AppInfo) -> str | None:
+        """Undo what a start that failed or timed out left running; say what was done (for the event).
+
+        PaaS providers leave the platform's own operation alone (a scale-up cannot be cancelled,
+        and a second call could fight it); the idle check then stops the app once idle.
+        """
+
     def upstream_url(self, app: AppInfo) -> str:
         """Base URL requests for ``app`` are sent to; never derived from request data."""
 

@@ -133,6 +133,12 @@ class CleverCloudProvider:
         self.client.call("DELETE", self._path(app, "/instances"), "stop", app.name)
         return None
 
+    def failure(self, app: AppInfo) -> str | None:
+        return None  # the status says all the API tells
+
+    def abandon_start(self, app: AppInfo) -> str | None:
+        return None  # see Provider.abandon_start: the platform's operation is left to finish
+
     def upstream_url(self, app: AppInfo) -> str:
         url = app.upstream_url or self._best_url(self._get_app(app))
         if url is None:

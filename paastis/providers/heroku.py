@@ -148,6 +148,12 @@ class HerokuProvider:
         self._note(app.name, 0)
         return memo
 
+    def failure(self, app: AppInfo) -> str | None:
+        return None  # the status says all the API tells
+
+    def abandon_start(self, app: AppInfo) -> str | None:
+        return None  # see Provider.abandon_start: the platform's operation is left to finish
+
     def upstream_url(self, app: AppInfo) -> str:
         url = app.upstream_url or self._get_app(app).get("web_url")
         if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):

@@ -32,6 +32,8 @@ from .base import FAILED, RUNNING, STARTING, STOPPED, AppInfo, AppNotFound, Prov
 log = logging.getLogger(__name__)
 
 PAASTIS_SECRET = re.compile(r"ROUTING_SYSTEM_API_TOKEN|PROVIDER_\w*(TOKEN|SECRET|KEY)|REGISTRY_REDIS_URL")
+TAIL_LINES = 5  # lines of a failed command's output quoted in its error
+KILL_WAIT = 5.0  # seconds for the kernel to reap a SIGKILLed group
 APP_FIELDS = {"name", "url", "command", "start", "stop", "ready_path", "cwd", "env", "stop_timeout"}
 
 
@@ -53,41 +55,61 @@ class LocalApp:
         return parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
 
 
-def parse_app(index: int, raw: Any, base_dir: Path) -> LocalApp:
-    """Validate one ``apps:`` entry; errors name the entry so the operator finds it."""
+def parse_app(index: int, raw: Any, base_dir: Path, source: str = "paastis.yml") -> LocalApp:
+    """Validate one ``apps:`` entry; errors name the file and the entry so the operator finds it."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"paastis.yml apps[{index}] must be a mapping")
-    where = f"paastis.yml apps[{index}] ({raw.get('name', '?')!r})"
+        raise ConfigError(f"{source} apps[{index}] must be a mapping")
+    where = f"{source} apps[{index}] ({raw.get('name', '?')!r})"
     unknown = set(raw) - APP_FIELDS
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
-    name = str(raw.get("name", ""))
-    if not is_valid_app_key(name):
+    name = raw.get("name")
+    if not isinstance(name, str) or not is_valid_app_key(name):
         raise ConfigError(f"{where}: name must be a DNS label (letters, digits, hyphens)")
-    url = str(raw.get("url", ""))
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    url = raw.get("url")
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{where}: url must be an http(s) URL such as http://127.0.0.1:8001")
+    for field_name in ("command", "start", "stop"):
+        value = raw.get(field_name)
+        if value is not None and not isinstance(value, str):
+            shown = "a list" if isinstance(value, list) else f"a {type(value).__name__}"
+            raise ConfigError(f"{where}: {field_name} must be one shell command string, not {shown}")
     has_command = bool(raw.get("command"))
     has_pair = bool(raw.get("start")) and bool(raw.get("stop"))
     if has_command == has_pair:
         raise ConfigError(f"{where}: give either 'command', or both 'start' and 'stop'")
-    cwd = Path(raw["cwd"]) if raw.get("cwd") else base_dir
+    ready_path = raw.get("ready_path")
+    if ready_path is not None and (not isinstance(ready_path, str) or not ready_path.startswith("/")):
+        raise ConfigError(f"{where}: ready_path must be a path starting with '/', such as /health")
+    stop_timeout = raw.get("stop_timeout", 10)
+    if isinstance(stop_timeout, bool) or not isinstance(stop_timeout, int | float) or not 0 < stop_timeout <= 3600:
+        raise ConfigError(
+            f"{where}: stop_timeout must be a number of seconds (> 0, at most 3600), not {stop_timeout!r}"
+        )
+    cwd_value = raw.get("cwd")
+    if cwd_value is not None and not isinstance(cwd_value, str):
+        raise ConfigError(f"{where}: cwd must be a directory path")
+    cwd = Path(cwd_value) if cwd_value else base_dir
     if not cwd.is_absolute():
         cwd = base_dir / cwd
+    if not cwd.is_dir():
+        raise ConfigError(f"{where}: cwd {str(cwd)!r} is not a directory")
     env = raw.get("env")
-    if env is not None and not isinstance(env, dict):
-        raise ConfigError(f"{where}: env must be a mapping")
+    if env is not None and (
+        not isinstance(env, dict) or not all(isinstance(v, str | int | float | bool) for v in env.values())
+    ):
+        raise ConfigError(f"{where}: env must be a mapping of variable names to plain values")
     return LocalApp(
         name=name,
         url=url.rstrip("/"),
         command=raw.get("command"),
         start=raw.get("start"),
         stop=raw.get("stop"),
-        ready_path=raw.get("ready_path"),
+        ready_path=ready_path,
         cwd=cwd,
         env={str(k): str(v) for k, v in (env or {}).items()},
-        stop_timeout=float(raw.get("stop_timeout", 10)),
+        stop_timeout=float(stop_timeout),
     )
 
 
@@ -105,15 +127,16 @@ class LocalProvider:
 
     @classmethod
     def from_settings(cls, settings: Settings, config: dict, metrics: Metrics | None = None) -> LocalProvider:
+        source = str(settings.config_file)
         raw_apps = config.get("apps") or []
         if not isinstance(raw_apps, list):
-            raise ConfigError("paastis.yml 'apps' must be a list")
+            raise ConfigError(f"{source}: 'apps' must be a list")
         base_dir = settings.config_file.resolve().parent
-        apps = [parse_app(i, raw, base_dir) for i, raw in enumerate(raw_apps)]
+        apps = [parse_app(i, raw, base_dir, source) for i, raw in enumerate(raw_apps)]
         names = [app.name for app in apps]
         duplicates = {name for name in names if names.count(name) > 1}
         if duplicates:
-            raise ConfigError(f"paastis.yml apps: duplicate name(s) {', '.join(sorted(duplicates))}")
+            raise ConfigError(f"{source} apps: duplicate name(s) {', '.join(sorted(duplicates))}")
         timeout = settings.provider_operation_timeout("local")
         return cls(apps, settings.state_dir, timeout)
 
@@ -128,31 +151,66 @@ class LocalProvider:
             return RUNNING
         if local.command is None:
             return STOPPED
-        pid = self._read_pid(local)
-        if pid is None:
+        if not self._pid_file(local).exists():
             return STOPPED
-        return STARTING if _group_alive(pid) else FAILED
+        return STARTING if self._our_group(local) is not None else FAILED
+
+    def failure(self, app: AppInfo) -> str | None:
+        """Why a spawned ``command`` is gone: its exit code and the last lines it wrote."""
+        local = self._app(app)
+        if local.command is None or not self._pid_file(local).exists() or self._our_group(local) is not None:
+            return None
+        identity = self._identity(local)
+        code = self._exit_code(local)
+        ended = f"exited with code {code}" if code is not None else "exited"
+        tail = _tail(self._log_path(local), identity.log_offset if identity else 0)
+        output = f"; its last output: {' | '.join(tail)}" if tail else ""
+        return f"{local.command!r} {ended}{output} (full output in {self._log_path(local)})"
 
     def start(self, app: AppInfo, memo: dict | None = None) -> None:
         local = self._app(app)
         if local.command is None:
             self._run(local, local.start, "start")
             return
-        pid = self._read_pid(local)
-        if pid is not None and _group_alive(pid):
-            return
+        if self._our_group(local) is not None:
+            return  # already spawned and still booting (another worker may have spawned it)
+        if self._port_open(local):
+            raise ProviderError(self.name, app.name, self._foreign(local))
         self._spawn(local)
 
     def stop(self, app: AppInfo) -> dict | None:
+        """Stopped means stopped: processes gone and port closed, else a :class:`ProviderError` saying why."""
         local = self._app(app)
         if local.command is None:
             self._run(local, local.stop, "stop")
+            self._await_port_closed(
+                local, local.stop_timeout, f"its stop command succeeded, but {local.url} still accepts connections"
+            )
             return None
-        pid = self._read_pid(local)
-        if pid is not None:
-            _terminate_group(pid, local.stop_timeout)
-        self._pid_file(local).unlink(missing_ok=True)
+        pgid = self._our_group(local)
+        if pgid is not None and not _terminate_group(pgid, local.stop_timeout):
+            raise ProviderError(self.name, app.name, f"process group {pgid} is still alive after SIGKILL")
+        self._forget_process(local)
+        self._await_port_closed(local, 1.0 if pgid is not None else 0.0, self._foreign(local))
         return None
+
+    def abandon_start(self, app: AppInfo) -> str | None:
+        """A start that failed or timed out must not leave anything running (and billing)."""
+        local = self._app(app)
+        if local.command is None:
+            try:
+                self._run(local, local.stop, "stop")
+            except ProviderError as error:
+                return f"its stop command failed too: {error.message}"
+            return "its stop command was run"
+        pgid = self._our_group(local)
+        if pgid is None:
+            self._forget_process(local)
+            return None
+        if not _terminate_group(pgid, local.stop_timeout):
+            return f"its process group {pgid} could not be killed"
+        self._forget_process(local)
+        return f"its process group {pgid} was stopped"
 
     def upstream_url(self, app: AppInfo) -> str:
         return self._app(app).url
@@ -173,10 +231,7 @@ class LocalProvider:
 
     def _answers(self, app: LocalApp) -> bool:
         """Running means the url accepts connections, or answers ``ready_path`` below 500."""
-        try:
-            with socket.create_connection(app.address, timeout=0.5):
-                pass
-        except OSError:
+        if not self._port_open(app):
             return False
         if not app.ready_path:
             return True
@@ -186,14 +241,82 @@ class LocalProvider:
             return False
         return response.status_code < 500
 
+    def _port_open(self, app: LocalApp) -> bool:
+        try:
+            with socket.create_connection(app.address, timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def _foreign(self, app: LocalApp) -> str:
+        host, port = app.address
+        return f"a process paastis did not start listens on {host}:{port}"
+
+    def _await_port_closed(self, app: LocalApp, grace: float, why_open: str) -> None:
+        """The port must close within ``grace`` seconds, or the stop is not reported as done."""
+        deadline = time.monotonic() + grace
+        while self._port_open(app):
+            if time.monotonic() >= deadline:
+                raise ProviderError(self.name, app.name, why_open)
+            time.sleep(0.05)
+
     def _pid_file(self, app: LocalApp) -> Path:
         return self.state_dir / f"{app.name}.pid"
+
+    def _identity_file(self, app: LocalApp) -> Path:
+        return self.state_dir / f"{app.name}.identity"
+
+    def _exit_file(self, app: LocalApp) -> Path:
+        return self.state_dir / f"{app.name}.exit"
+
+    def _log_path(self, app: LocalApp) -> Path:
+        return self.state_dir / f"{app.name}.log"
 
     def _read_pid(self, app: LocalApp) -> int | None:
         try:
             return int(self._pid_file(app).read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
+
+    def _identity(self, app: LocalApp) -> Identity | None:
+        try:
+            pid, started, offset = (int(x) for x in self._identity_file(app).read_text().split())
+        except (FileNotFoundError, ValueError):
+            return None
+        return Identity(pid, started, offset)
+
+    def _exit_code(self, app: LocalApp) -> int | None:
+        try:
+            return int(self._exit_file(app).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _our_group(self, app: LocalApp) -> int | None:
+        """The process group we spawned for ``app``, if it still runs; never a recycled pid's.
+
+        The pid file is trusted only with an identity file naming the same pid and its start
+        time (``/proc/<pid>/stat``). While the group leader lives, its start time must match; once
+        it has exited, a live group with its id is still ours (Linux does not hand out a pid that
+        is still some group's id).
+        """
+        pid = self._read_pid(app)
+        if pid is None:
+            return None
+        identity = self._identity(app)
+        if identity is None or identity.pid != pid:
+            log.warning("local: %s: pid file names %d without a matching identity: not trusted", app.name, pid)
+            return None
+        started = process_start_time(pid)
+        if started is not None:
+            if started != identity.started:
+                log.warning("local: %s: pid %d now belongs to another process: not ours, left alone", app.name, pid)
+                return None
+            return pid
+        return pid if _group_alive(pid) else None
+
+    def _forget_process(self, app: LocalApp) -> None:
+        for path in (self._pid_file(app), self._identity_file(app), self._exit_file(app)):
+            path.unlink(missing_ok=True)
 
     def _environment(self, app: LocalApp) -> dict[str, str]:
         """paastis's environment minus its own secrets (apps are not paastis), plus the app's."""
@@ -204,8 +327,10 @@ class LocalProvider:
         return env
 
     def _spawn(self, app: LocalApp) -> None:
-        log_path = self.state_dir / f"{app.name}.log"
+        log_path = self._log_path(app)
+        self._exit_file(app).unlink(missing_ok=True)
         with open(log_path, "ab") as output:
+            offset = output.tell()
             process = subprocess.Popen(
                 app.command,
                 shell=True,
@@ -216,37 +341,81 @@ class LocalProvider:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        tmp = self._pid_file(app).with_suffix(".pid.tmp")
-        tmp.write_text(str(process.pid))
-        tmp.replace(self._pid_file(app))
+        started = process_start_time(process.pid)
+        _write_atomically(self._identity_file(app), f"{process.pid} {started or 0} {offset}")
+        _write_atomically(self._pid_file(app), str(process.pid))
         log.info("local: spawned %s (pid %d, output in %s)", app.name, process.pid, log_path)
-        threading.Thread(target=_reap, args=(app.name, process), daemon=True).start()
+        threading.Thread(target=_reap, args=(app.name, process, self._exit_file(app)), daemon=True).start()
 
     def _run(self, app: LocalApp, command: str | None, what: str) -> None:
+        """Run a ``start:``/``stop:`` command to its end; on timeout its whole process group is killed."""
+        process = subprocess.Popen(
+            command or "true",
+            shell=True,
+            cwd=app.cwd,
+            env=self._environment(app),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         try:
-            result = subprocess.run(
-                command,
-                shell=True,
-                check=False,
-                cwd=app.cwd,
-                env=self._environment(app),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=deadlines.capped(self.operation_timeout),
-                start_new_session=True,
-            )
+            stdout, stderr = process.communicate(timeout=deadlines.capped(self.operation_timeout))
         except subprocess.TimeoutExpired:
-            raise ProviderTimeout(self.name, app.name, f"{what} command timed out") from None
-        if result.returncode != 0:
-            tail = (result.stderr or result.stdout).decode(errors="replace").strip().splitlines()[-1:]
-            detail = f": {tail[0]}" if tail else ""
-            raise ProviderError(self.name, app.name, f"{what} command exited with code {result.returncode}{detail}")
+            _terminate_group(process.pid, 0)
+            process.communicate()
+            raise ProviderTimeout(
+                self.name, app.name, f"{what} command timed out after {self.operation_timeout:g}s (killed)"
+            ) from None
+        if process.returncode != 0:
+            tail = (stderr or stdout).decode(errors="replace").strip().splitlines()[-TAIL_LINES:]
+            detail = f": {' | '.join(tail)}" if tail else ""
+            raise ProviderError(self.name, app.name, f"{what} command exited with code {process.returncode}{detail}")
 
 
-def _reap(name: str, process: subprocess.Popen) -> None:
-    """Wait for the child so it never lingers as a zombie, and say how it ended."""
+@dataclass(frozen=True)
+class Identity:
+    """Who a pid file was written for: the pid, its start time (clock ticks after boot), where its log began."""
+
+    pid: int
+    started: int
+    log_offset: int
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of ``/proc/<pid>/stat``: with the pid, it names one process for the life of the machine."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # after "(comm)", fields 3.. ; starttime is field 22
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _tail(path: Path, offset: int) -> list[str]:
+    """The last lines written to ``path`` after ``offset`` (this run's output, not an older one's)."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(max(offset, 0))
+            data = file.read()[-8192:]
+    except OSError:
+        return []
+    return [line.strip() for line in data.decode(errors="replace").splitlines() if line.strip()][-TAIL_LINES:]
+
+
+def _reap(name: str, process: subprocess.Popen, exit_file: Path) -> None:
+    """Wait for the child so it never lingers as a zombie, and record how it ended for any worker to read."""
     code = process.wait()
     log.info("local: %s exited with code %s", name, code)
+    try:
+        exit_file.write_text(str(code))
+    except OSError:
+        pass
 
 
 def _group_alive(pgid: int) -> bool:
@@ -259,19 +428,26 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def _terminate_group(pgid: int, grace: float) -> None:
-    """SIGTERM the whole process group, then SIGKILL what is left after ``grace`` seconds."""
+def _terminate_group(pgid: int, grace: float) -> bool:
+    """SIGTERM the whole process group, SIGKILL what is left after ``grace`` seconds; True once it is gone."""
     try:
-        os.killpg(pgid, signal.SIGTERM)
+        os.killpg(pgid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
     except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not _group_alive(pgid):
-            return
-        time.sleep(0.05)
-    log.warning("local: process group %d ignored SIGTERM for %.0fs, killing it", pgid, grace)
+        return True
+    if _wait_group_gone(pgid, grace):
+        return True
+    log.warning("local: process group %d ignored SIGTERM for %gs, killing it", pgid, grace)
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
-        pass
+        return True
+    return _wait_group_gone(pgid, KILL_WAIT)
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _group_alive(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True

@@ -295,6 +295,12 @@ class ScalingoProvider:
             log.warning("%s: scaling %s down was accepted but did not finish cleanly: %s", NAME, app.key, error.message)
         return memo
 
+    def failure(self, app: AppInfo) -> str | None:
+        return None  # the status says all the API tells
+
+    def abandon_start(self, app: AppInfo) -> str | None:
+        return None  # see Provider.abandon_start: the platform's operation is left to finish
+
     def upstream_url(self, app: AppInfo) -> str:
         url = app.upstream_url or self._app(app).get("url")
         if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
