@@ -1,43 +1,47 @@
 """gunicorn settings for paastis: its own gthread workers (paastis/worker.py), bound to $HOST:$PORT.
 
-The supervisor thread starts in each worker once it has loaded the app (after fork),
-never in the master.
+gunicorn runs this file in its master process, before any worker exists: every setting
+(environment, ``.env``, ``paastis.yml``, the provider's) is checked here, so a mistake stops
+the instance with one line and a non-zero exit. The summary line and the warnings are
+logged here too, once per instance. The supervisor thread starts in each worker once it has
+loaded the app (after fork), never in the master.
+
+gunicorn itself reads ``WEB_CONCURRENCY`` from the process environment (as the default of
+``workers``) before this file runs: a non-number there stops gunicorn with its own error.
 """
 
-import logging
-import os
 import sys
 
-from paastis.config import ConfigError, Settings
+if sys.version_info < (3, 11):  # noqa: UP036 - before importing paastis, which needs 3.11
+    sys.exit(f"paastis: needs Python 3.11 or later; this is Python {sys.version.split()[0]} ({sys.executable})")
 
-log = logging.getLogger("gunicorn.error")
+from paastis import logs, startup  # noqa: E402
+from paastis.config import ConfigError  # noqa: E402
 
 try:
-    _settings = Settings.from_env()
+    _checked = startup.check()
 except ConfigError as error:
-    print(f"paastis: configuration error: {error}", file=sys.stderr, flush=True)
+    print(startup.error_line(error), file=sys.stderr, flush=True)
     sys.exit(1)
+_settings = _checked.settings
 
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '3000')}"
+bind = f"{_settings.host}:{_settings.port}"
 worker_class = "paastis.worker.PaastisWorker"  # gthread, reading request heads without holding a thread
+workers = _settings.workers
 threads = _settings.threads
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-_single_worker_reason = None
-if _settings.registry_type == "in-memory" and workers > 1:
-    _single_worker_reason = (
-        f"WEB_CONCURRENCY={workers} ignored: the in-memory registry lives in one process, "
-        "so paastis runs one worker (set REGISTRY_TYPE=redis to run several)"
-    )
-    workers = 1
 graceful_timeout = 15
 keepalive = 5
-accesslog = os.environ.get("PAASTIS_ACCESS_LOG") or None
+accesslog = _settings.access_log
+loglevel = _settings.log_level
+logconfig_dict = logs.gunicorn_logconfig(_settings.log_format, _settings.log_level, _settings.access_log)
 control_socket_disable = True  # one per machine by default: several instances would fight over it
 
 
-def on_starting(server):
-    if _single_worker_reason:
-        server.log.warning(_single_worker_reason)
+def when_ready(server):
+    """Listening: say once, for the whole instance, what runs and how to try it."""
+    startup.report(_settings, _checked.rules, server.log)
+    host, port = server.LISTENERS[0].getsockname()[:2] if server.LISTENERS else (_settings.host, _settings.port)
+    server.log.info(startup.summary(_checked, _settings.host if host in ("0.0.0.0", "::") else host, port))
 
 
 def post_worker_init(worker):

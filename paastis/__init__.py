@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from flask import Flask
 from gunicorn.http.errors import NoMoreData, ParseException
 
-from . import logs
+from . import logs, startup
 from .bulkhead import Bulkhead
 from .cli import cli
 from .config import ConfigError, Settings
@@ -120,7 +120,9 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
     if dry_run is not None:
         jobs.append(("dry run", dry_run.tick))
     leadership = build_leadership(settings, registry)
-    supervisor = Supervisor(lifecycle, settings.checking_interval, leadership, metrics, jobs)
+    supervisor = Supervisor(
+        lifecycle, settings.checking_interval, leadership, metrics, jobs, cron=settings.checking_cron
+    )
     ca_bundle = settings.env.get("REQUESTS_CA_BUNDLE") or settings.env.get("CURL_CA_BUNDLE")
     proxy = Proxy(
         metrics,
@@ -160,14 +162,8 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
         paastis.dashboard = init_dashboard(app, settings, wake_times)
     if start_supervisor:
         supervisor.start()
-    log.info(
-        "paastis ready: provider=%s registry=%s wake_strategy=%s",
-        provider.name,
-        settings.registry_type,
-        settings.wake_strategy,
-    )
-    if settings.dry_run:
-        log.warning("PAASTIS_DRY_RUN=true: no app will be stopped; would-be stops are recorded as APP_WOULD_STOP")
+    startup.report(settings, rules)  # once per instance: under gunicorn the master already did
+    log.debug("worker ready: provider=%s registry=%s", provider.name, settings.registry_type)
     return app
 
 

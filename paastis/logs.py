@@ -1,30 +1,75 @@
-"""Logging as text or one JSON object per line (``LOG_FORMAT``), at ``LOG_LEVEL``."""
+"""Logging as text or one JSON object per line (``LOG_FORMAT``), at ``LOG_LEVEL``.
+
+With ``LOG_FORMAT=json`` every line is JSON, gunicorn's own included (see
+:func:`gunicorn_logconfig`, used by ``gunicorn.conf.py``). Lines about one app carry an
+``app`` field: set by :func:`about_app` for the code that works on that app (a request, a
+start, a stop), or passed as ``extra={"app": key}``.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
+from typing import Any
+
+_APP: ContextVar[str | None] = ContextVar("paastis_log_app", default=None)
+
+
+@contextmanager
+def about_app(key: str) -> Iterator[None]:
+    """Every line logged in this block (in this thread) is about ``key``."""
+    token = _APP.set(key)
+    try:
+        yield
+    finally:
+        _APP.reset(token)
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, pid, and app where there is one."""
+
     def format(self, record: logging.LogRecord) -> str:
-        data = {
+        data: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            "pid": record.process,
         }
+        app = getattr(record, "app", None) or _APP.get() or _access_app(record)
+        if app:
+            data["app"] = app
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
         return json.dumps(data)
 
 
+def _access_app(record: logging.LogRecord) -> str | None:
+    """gunicorn's access lines carry the request's headers in their arguments: the Host names the app."""
+    if record.name != "gunicorn.access" or not isinstance(record.args, dict):
+        return None
+    from .routing import app_key_from_host  # no import cycle at module load
+
+    try:
+        return app_key_from_host(str(record.args.get("{host}i") or ""))
+    except ValueError:
+        return None
+
+
 def configure(level: str, fmt: str) -> None:
-    """Configure the ``paastis`` logger tree once per process; later calls only adjust it."""
+    """Configure the ``paastis`` logger tree once per process; later calls only adjust it.
+
+    It does not propagate: under gunicorn with ``LOG_FORMAT=json`` the root logger has a JSON
+    handler too, and each line must be written once.
+    """
     logger = logging.getLogger("paastis")
     logger.setLevel(level.upper())
+    logger.propagate = False
     if any(getattr(h, "_paastis", False) for h in logger.handlers):
         for handler in logger.handlers:
             handler.setFormatter(_formatter(fmt))
@@ -33,6 +78,44 @@ def configure(level: str, fmt: str) -> None:
     handler.setFormatter(_formatter(fmt))
     handler._paastis = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
+
+
+def gunicorn_logconfig(fmt: str, level: str, access_log: str | None) -> dict[str, Any]:
+    """gunicorn's ``logconfig_dict``: JSON lines for its error and access logs when asked for.
+
+    gunicorn merges this into its own defaults (error log on stderr, root logger on stdout),
+    so libraries' warnings, which reach the root logger, are JSON too. The access log keeps
+    going where ``PAASTIS_ACCESS_LOG`` says, and nowhere when it is unset.
+    """
+    if fmt != "json":
+        return {}
+    handlers: dict[str, Any] = {
+        "console": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stdout"},
+        "error_console": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stderr"},
+    }
+    if access_log is None:
+        access: dict[str, Any] = {"level": "WARNING", "handlers": [], "propagate": False}
+    elif access_log == "-":
+        access = {"level": "INFO", "handlers": ["console"], "propagate": False}
+    else:
+        handlers["access_file"] = {"class": "logging.FileHandler", "formatter": "generic", "filename": access_log}
+        access = {"level": "INFO", "handlers": ["access_file"], "propagate": False}
+    return {
+        "formatters": {"generic": {"()": f"{__name__}.JsonFormatter"}},
+        "handlers": handlers,
+        "loggers": {
+            "gunicorn.error": {"level": level.upper(), "handlers": ["error_console"], "propagate": False},
+            "gunicorn.access": access,
+        },
+    }
+
+
+def format_line(fmt: str, message: str, level: str = "error", logger: str = "paastis") -> str:
+    """A line written before logging is set up (a configuration error), in the format asked for."""
+    if fmt != "json":
+        return message
+    record = logging.LogRecord(logger, logging.getLevelName(level.upper()), __file__, 0, message, None, None)
+    return JsonFormatter().format(record)
 
 
 def _formatter(fmt: str) -> logging.Formatter:

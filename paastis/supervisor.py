@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Protocol
 
 import schedule
+from croniter import croniter
 
 from .lifecycle import Lifecycle
 from .metrics import Metrics
@@ -37,6 +39,25 @@ class SoleLeader:
         pass
 
 
+class CronTimes:
+    """When a cron expression (``START_AND_STOP_CHECKING_INTERVAL_CRON``) says the next check is due.
+
+    Six fields put seconds first, as node-cron (the original paastis's scheduler) does.
+    """
+
+    def __init__(self, expression: str):
+        self._times = croniter(expression, datetime.now(UTC), second_at_beginning=len(expression.split()) == 6)
+        self.next_at: datetime = self._times.get_next(datetime)
+
+    def due(self, now: datetime) -> bool:
+        """True once per cron time; missed times (a long check) are skipped, not run in a burst."""
+        if now < self.next_at:
+            return False
+        while self.next_at <= now:
+            self.next_at = self._times.get_next(datetime)
+        return True
+
+
 class Supervisor:
     def __init__(
         self,
@@ -45,6 +66,7 @@ class Supervisor:
         leadership: Leadership,
         metrics: Metrics,
         jobs: Sequence[tuple[str, Callable[[], None]]] = (),
+        cron: str | None = None,
     ):
         self.lifecycle = lifecycle
         self.jobs = jobs  # run by the leader before each idle check: (name, callable)
@@ -52,7 +74,12 @@ class Supervisor:
         self.leadership = leadership
         self.metrics = metrics
         self.scheduler = schedule.Scheduler()
-        self.scheduler.every(interval).seconds.do(self.tick)
+        if cron is None:
+            self.scheduler.every(interval).seconds.do(self.tick)
+        else:  # the schedule package has no cron syntax: it polls the cron times every second instead
+            self.cron = CronTimes(cron)
+            self.scheduler.every(1).seconds.do(self._tick_on_cron)
+            self.interval = 1.0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._leading = False
@@ -92,6 +119,10 @@ class Supervisor:
             self.lifecycle.check_idle()
         except Exception as error:  # noqa: BLE001 - logged; the next tick tries again
             log.error("supervisor: idle check failed: %s", error)
+
+    def _tick_on_cron(self) -> None:
+        if self.cron.due(datetime.now(UTC)):
+            self.tick()
 
     def _set_leading(self, leading: bool) -> None:
         if leading != self._leading:

@@ -207,7 +207,7 @@ def test_spawned_apps_do_not_inherit_paastis_secrets(tmp_path, gunicorn_factory)
         "ROUTING_SYSTEM_API_TOKEN": "admin-token-0123456789abcdef",
         "PROVIDER_SCALINGO_API_TOKEN": "tk-us-secret",
     }
-    paastis = gunicorn_factory({**secrets, "SHARED_SETTING": "visible"})
+    paastis = gunicorn_factory({**secrets, "PROVIDER_NAME": "local", "SHARED_SETTING": "visible"})
     names = "&".join(f"name={name}" for name in [*secrets, "SHARED_SETTING"])
     seen = paastis.get(f"/env?{names}").json()
     assert seen["ROUTING_SYSTEM_API_TOKEN"] is None and seen["PROVIDER_SCALINGO_API_TOKEN"] is None

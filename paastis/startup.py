@@ -1,0 +1,104 @@
+"""Once per instance, before any worker boots: check every setting, then say in one line what runs.
+
+gunicorn runs ``gunicorn.conf.py`` in its master process. Checking there (settings, the
+``paastis.yml`` file, the rules, the provider's own settings) stops a misconfigured instance
+with one line and a non-zero exit, before gunicorn forks workers that would each fail
+to boot and print gunicorn's own lines; and the summary and warnings are logged once per
+instance rather than once per worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from .config import ConfigError, Settings, read_environment
+from .logs import format_line
+from .metrics import Metrics
+from .providers import build_provider
+from .rules import Rules, load_config_file
+
+log = logging.getLogger(__name__)
+
+# True in the master once it has logged the warnings; workers are forked from it and inherit
+# the flag, so create_app() in a worker does not repeat them.
+reported = False
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the master learnt while checking: enough for the summary line."""
+
+    settings: Settings
+    config: dict[str, Any]
+    rules: Rules
+    apps: tuple[str, ...] | None  # None: a PaaS provider lists its apps at the first idle check
+
+
+def check(settings: Settings | None = None) -> Checked:
+    """Validate everything an instance reads at start-up; :class:`ConfigError` says what is wrong."""
+    settings = settings or Settings.from_env()
+    config = load_config_file(settings.config_file)
+    rules = Rules(settings, config.get("rules"))
+    provider = build_provider(settings, config, Metrics())
+    try:
+        settings.provider_operation_timeout(provider.name)
+        apps = tuple(app.key for app in provider.list_apps()) if provider.name == "local" else None
+    finally:
+        provider.close()
+    return Checked(settings, config, rules, apps)
+
+
+def warnings(settings: Settings, rules: Rules) -> list[str]:
+    """What the operator should know although nothing stops paastis."""
+    found = list(rules.warnings)
+    if settings.provider_inferred_from:
+        found.append(
+            f"PROVIDER_NAME is not set: using {settings.provider_name}, the only provider whose credentials "
+            f"are set ({settings.provider_inferred_from}); set PROVIDER_NAME={settings.provider_name} to say so"
+        )
+    if settings.web_concurrency and settings.web_concurrency > 1 and settings.registry_type == "in-memory":
+        found.append(
+            f"WEB_CONCURRENCY={settings.web_concurrency} ignored: the in-memory registry lives in one process, "
+            "so paastis runs one worker (set REGISTRY_TYPE=redis to run several)"
+        )
+    if settings.dry_run:
+        found.append("PAASTIS_DRY_RUN=true: no app will be stopped; would-be stops are recorded as APP_WOULD_STOP")
+    return found
+
+
+def report(settings: Settings, rules: Rules, logger: logging.Logger = log) -> None:
+    """Log the warnings once per instance (see :data:`reported`)."""
+    global reported
+    if reported:
+        return
+    for warning in warnings(settings, rules):
+        logger.warning(warning)
+    reported = True
+
+
+def summary(checked: Checked, host: str, port: int) -> str:
+    """The one line that says what this instance is and how to try it."""
+    s = checked.settings
+    apps = str(len(checked.apps)) if checked.apps is not None else f"listed by {s.provider_name} at the first check"
+    checks = f"cron {s.checking_cron!r}" if s.checking_cron else f"every {s.checking_interval:g}s"
+    events = s.events_store_type
+    config = s.config_file.resolve() if s.config_file.is_file() else f"{s.config_file}(absent:no-rules)"
+    try_host = "localhost" if host in ("0.0.0.0", "::", "") else host
+    example = checked.apps[0] if checked.apps else "<app>"
+    suffix = "" if port in (80, 443) else f":{port}"
+    try_it = f"curl -H {shlex.quote(f'Host: {example}.localhost{suffix}')} http://{try_host}{suffix}/"
+    return (
+        f"paastis ready: provider={s.provider_name} config={config} apps={apps} "
+        f"rules={len(checked.rules.rules)} registry={s.registry_type} events={events} "
+        f"admin_api={'on' if s.system_api_enabled else 'off'} idle_checks={checks} "
+        f"workers={s.workers}x{s.threads} threads - try: {try_it}"
+    )
+
+
+def error_line(error: ConfigError) -> str:
+    """The one line a configuration error is reported in (JSON if ``LOG_FORMAT=json`` was readable)."""
+    fmt = (read_environment().get("LOG_FORMAT") or "text").strip().lower()
+    return format_line(fmt, f"paastis: configuration error: {error}")
