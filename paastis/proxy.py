@@ -28,6 +28,7 @@ from urllib3.util.url import _encode_target
 
 from .bulkhead import Bulkhead
 from .lifecycle import Lifecycle, WakeError
+from .logs import about_app
 from .providers import AppInfo
 from .routing import BadHost, NoAppKey, app_key_from_host, routing_help
 from .sleep_gate import PASSIVE, SleepGate
@@ -346,6 +347,11 @@ def serve(lifecycle: Lifecycle, proxy: Proxy, registry: Any, gate: SleepGate | N
         return error_response(400, str(error))
     except NoAppKey as error:
         return error_response(404, routing_help(error.host, _example_app(lifecycle)))
+    with about_app(key):
+        return _serve_key(lifecycle, proxy, registry, key)
+
+
+def _serve_key(lifecycle: Lifecycle, proxy: Proxy, registry: Any, key: str) -> Response:
     if VIA in request.headers.get("Via", ""):
         return error_response(508, f"request loop: app {key!r} leads back to paastis (is paastis its upstream?)")
     try:

@@ -85,7 +85,7 @@ def parse_app(index: int, raw: Any, base_dir: Path, source: str = "paastis.yml")
     stop_timeout = raw.get("stop_timeout", 10)
     if isinstance(stop_timeout, bool) or not isinstance(stop_timeout, int | float) or not 0 < stop_timeout <= 3600:
         raise ConfigError(
-            f"{where}: stop_timeout must be a number of seconds (> 0, at most 3600), not {stop_timeout!r}"
+            f"{where}: stop_timeout must be seconds (> 0, at most 3600), not {stop_timeout!r}"
         )
     cwd_value = raw.get("cwd")
     if cwd_value is not None and not isinstance(cwd_value, str):
