@@ -55,6 +55,10 @@ class Event:
     instance: str = field(default_factory=instance_id)
     message: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.duration is not None:  # milliseconds are precision enough, and read better
+            object.__setattr__(self, "duration", round(self.duration, 3))
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["timestamp"] = self.timestamp.isoformat()

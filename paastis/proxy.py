@@ -411,7 +411,7 @@ def busy_response(key: str, bulkhead: Bulkhead) -> Response:
 def _example_app(lifecycle: Lifecycle) -> str:
     """An app this paastis knows, for examples (from the cached listing; a listing failure is no reason to fail)."""
     try:
-        apps = lifecycle.directory.apps()
+        apps = lifecycle.lookup.directory.apps()
     except Exception:  # noqa: BLE001 - the example is a courtesy
         apps = []
     return apps[0].key if apps else "my-app"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 import redis
+import yaml
 
 from paastis import create_app
 from paastis.config import Settings
@@ -160,12 +162,17 @@ def test_manual_start_and_stop_go_through_the_lifecycle(client, tmp_path):
     assert (tmp_path / "hooks.log").read_text().splitlines() == ["demo manual"]
 
 
-def test_stop_refuses_an_unmanaged_app_and_reports_a_failed_stop(client):
+def test_stop_refuses_an_unmanaged_app_and_reports_a_failed_stop(client, tmp_path):
     refused = call(client, "POST", "/apps/legacy/stop")
     assert refused.status_code == 409 and "not managed" in refused.get_json()["error"]
-    failed = call(client, "POST", "/apps/stubborn/stop")
+    apps = yaml.safe_load((tmp_path / "paastis.yml").read_text())["apps"]
+    port = int(next(app for app in apps if app["name"] == "stubborn")["url"].rsplit(":", 1)[1])
+    with socket.create_server(("127.0.0.1", port)):  # stubborn answers, and its stop command fails
+        failed = call(client, "POST", "/apps/stubborn/stop")
     assert failed.status_code == 502
     assert "could not stop 'stubborn'" in failed.get_json()["error"] and "exit" in failed.get_json()["error"]
+    # Down now: stopping it again is a no-op that succeeds, without running its failing stop command.
+    assert call(client, "POST", "/apps/stubborn/stop").status_code == 200
 
 
 def test_a_failed_manual_start_answers_its_status(client):
@@ -187,9 +194,10 @@ def test_delete_apps_forgets_the_registry_and_touches_no_app(client):
 def test_events_are_filtered_and_parameters_validated(client):
     call(client, "POST", "/apps/demo/start")
     call(client, "POST", "/apps/demo/stop")
-    call(client, "POST", "/apps/stubborn/stop")
+    call(client, "POST", "/apps/demo/stop")  # already stopped: no second APP_STOPPED
+    call(client, "POST", "/apps/stubborn/stop")  # never started: nothing to stop, nothing recorded
     all_events = call(client, "GET", "/events").get_json()
-    assert all_events["count"] == 3
+    assert [(e["type"], e["app"]) for e in all_events["events"]] == [("APP_STOPPED", "demo"), ("APP_STARTED", "demo")]
     first = all_events["events"][0]
     assert set(first) == {"type", "app", "reason", "timestamp", "duration", "instance", "message"}
     assert datetime.fromisoformat(first["timestamp"]).tzinfo is not None
@@ -197,7 +205,7 @@ def test_events_are_filtered_and_parameters_validated(client):
     assert call(client, "GET", "/events?limit=1").get_json()["count"] == 1
     since = (utcnow() + timedelta(minutes=1)).isoformat()
     assert call(client, "GET", "/events", query_string={"since": since}).get_json()["count"] == 0
-    assert call(client, "GET", "/events?since=2000-01-01T00:00:00Z").get_json()["count"] == 3
+    assert call(client, "GET", "/events?since=2000-01-01T00:00:00Z").get_json()["count"] == 2
     for query, fragment in [
         ("type=APP_EXPLODED", "type must be one of"),
         ("since=yesterday", "since must be an ISO 8601 date"),

@@ -56,7 +56,9 @@ class Readiness:
                 status = self.provider.status(app)
                 next_status_at = now + self.provider.poll_interval
                 if status == FAILED:
-                    raise WakeError(app.key, f"{self.provider.name} reports that app {app.key!r} failed to start")
+                    detail = self.provider.failure(app)
+                    why = f": {detail}" if detail else ""
+                    raise WakeError(app.key, f"{self.provider.name} reports that app {app.key!r} failed to start{why}")
                 platform_running = status == RUNNING
             if self.ready(app, RUNNING if platform_running else STOPPED):
                 return

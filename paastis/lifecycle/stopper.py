@@ -14,8 +14,9 @@ from collections.abc import Callable
 from .. import events as ev
 from ..dry_run import DryRun
 from ..hooks import HookFailed, HookRunner
+from ..logs import about_app
 from ..metrics import Metrics
-from ..providers import AppInfo, Provider, ProviderError
+from ..providers import STOPPED, AppInfo, Provider, ProviderError
 from ..registry import Registry
 from ..rules import Rules
 from .flights import Flights
@@ -66,12 +67,27 @@ class Stopper:
             flight.done.wait(self.operation_timeout)
             return False
         try:
-            with self.cluster_lock(app.key, self.operation_timeout + 30) as ours:
+            with about_app(app.key), self.cluster_lock(app.key, self.operation_timeout + 30) as ours:
                 if not ours or (still_idle is not None and not still_idle(app)):
                     return False  # another instance is starting or stopping it, or it was used meanwhile
+                if self._already_stopped(app, reason):
+                    return True
                 return self._stop(app, reason, policy.hooks)
         finally:
             self.flights.land(app.key, flight)
+
+    def _already_stopped(self, app: AppInfo, reason: str) -> bool:
+        """A stopped app is not stopped again: no hooks, no second ``APP_STOPPED`` (one status call)."""
+        try:
+            stopped = self.provider.status(app) == STOPPED
+        except ProviderError as error:
+            log.warning("could not tell whether %s is already stopped (%s): stopping it", app.key, error)
+            return False
+        if stopped:
+            log.info("%s is already stopped: nothing to do", app.key)
+            if self.registry.get(app.key) is not None:
+                self.journal.forgotten(app.key, reason, "found stopped")
+        return stopped
 
     def _stop(self, app: AppInfo, reason: str, hooks: dict[str, str]) -> bool:
         started = time.monotonic()

@@ -19,6 +19,7 @@ from .. import deadlines
 from .. import events as ev
 from ..directory import Directory
 from ..hooks import HookFailed, HookRunner
+from ..logs import about_app
 from ..metrics import Metrics
 from ..providers import AppInfo, AppNotFound, Provider, ProviderError, ProviderTimeout
 from ..registry import Registry
@@ -143,6 +144,10 @@ class Waker:
         threading.Thread(target=lead, name=f"paastis-wake-{app.key}", daemon=True).start()
 
     def _lead_start(self, app: AppInfo, reason: str, flight: Flight, deadline: float) -> None:
+        with about_app(app.key):
+            self._lead_start_logged(app, reason, flight, deadline)
+
+    def _lead_start_logged(self, app: AppInfo, reason: str, flight: Flight, deadline: float) -> None:
         started = time.monotonic()
         self._failures.pop(app.key, None)
         try:
@@ -199,14 +204,31 @@ class Waker:
         started = time.monotonic()
         self.hooks.run("before_start", policy.hooks.get("before_start"), app.name, reason, app.region)
         log.info("starting %s (%s)", app.key, reason)
-        self.provider.start(app, self.registry.recall(app.key))
-        self.readiness.wait_ready(app, deadline)
+        try:
+            self.provider.start(app, self.registry.recall(app.key))
+            self.readiness.wait_ready(app, deadline)
+        except AppNotFound:
+            raise
+        except (WakeError, ProviderError) as error:
+            raise self._abandoned(app, error) from None
         duration = time.monotonic() - started
         self.journal.registered(app, reason, ev.APP_STARTED, duration)
         self.metrics.wakes.labels(app.key, "success").inc()
         self.metrics.wake_duration.labels(app.key).observe(duration)
         log.info("%s is ready after %.2fs", app.key, duration)
         self.hooks.run_in_background("after_start", policy.hooks.get("after_start"), app.name, reason, app.region)
+
+    def _abandoned(self, app: AppInfo, error: WakeError | ProviderError) -> WakeError:
+        """A start that failed or timed out leaves nothing running; the error (and event) says what was undone."""
+        message = error.message if isinstance(error, WakeError) else str(error)
+        try:
+            undone = self.provider.abandon_start(app)
+        except Exception as cleanup_error:  # noqa: BLE001 - the start's own failure is what the caller must see
+            log.error("could not clean up after the failed start of %s: %s", app.key, cleanup_error)
+            undone = f"cleaning up failed too: {cleanup_error}"
+        if undone:
+            message = f"{message}; {undone}"
+        return (type(error) if isinstance(error, WakeError) else WakeError)(app.key, message)
 
     def _record_failure(self, app: AppInfo, reason: str, error: WakeError, duration: float) -> None:
         self._failures[app.key] = (error.message, time.monotonic())

@@ -84,9 +84,7 @@ def parse_app(index: int, raw: Any, base_dir: Path, source: str = "paastis.yml")
         raise ConfigError(f"{where}: ready_path must be a path starting with '/', such as /health")
     stop_timeout = raw.get("stop_timeout", 10)
     if isinstance(stop_timeout, bool) or not isinstance(stop_timeout, int | float) or not 0 < stop_timeout <= 3600:
-        raise ConfigError(
-            f"{where}: stop_timeout must be seconds (> 0, at most 3600), not {stop_timeout!r}"
-        )
+        raise ConfigError(f"{where}: stop_timeout must be seconds (> 0, at most 3600), not {stop_timeout!r}")
     cwd_value = raw.get("cwd")
     if cwd_value is not None and not isinstance(cwd_value, str):
         raise ConfigError(f"{where}: cwd must be a directory path")
