@@ -348,10 +348,10 @@ def serve(lifecycle: Lifecycle, proxy: Proxy, registry: Any, gate: SleepGate | N
     except NoAppKey as error:
         return error_response(404, routing_help(error.host, _example_app(lifecycle)))
     with about_app(key):
-        return _serve_key(lifecycle, proxy, registry, key)
+        return _serve_key(lifecycle, proxy, registry, gate, key)
 
 
-def _serve_key(lifecycle: Lifecycle, proxy: Proxy, registry: Any, key: str) -> Response:
+def _serve_key(lifecycle: Lifecycle, proxy: Proxy, registry: Any, gate: SleepGate | None, key: str) -> Response:
     if VIA in request.headers.get("Via", ""):
         return error_response(508, f"request loop: app {key!r} leads back to paastis (is paastis its upstream?)")
     try:

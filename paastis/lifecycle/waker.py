@@ -68,6 +68,7 @@ class Waker:
         self.cluster_lock = cluster_lock
         self.operation_timeout = operation_timeout
         self._failures: dict[str, tuple[str, float]] = {}
+        self._undone: dict[str, str] = {}  # app key -> what a failed start's cleanup did, for its error
 
     def is_awake(self, group: list[AppInfo]) -> bool:
         """Every app of ``group`` is registered and not being started or stopped."""
@@ -170,6 +171,7 @@ class Waker:
             log.exception("unexpected error while starting %s", app.key)
             flight.error = WakeError(app.key, f"unexpected error while starting {app.key!r}: {error}")
         finally:
+            self._tell_what_was_undone(app, flight)
             self.flights.land(app.key, flight)
         if flight.error is not None:
             self._record_failure(app, reason, flight.error, time.monotonic() - started)
@@ -209,8 +211,9 @@ class Waker:
             self.readiness.wait_ready(app, deadline)
         except AppNotFound:
             raise
-        except (WakeError, ProviderError) as error:
-            raise self._abandoned(app, error) from None
+        except Exception:
+            self._abandon(app)
+            raise
         duration = time.monotonic() - started
         self.journal.registered(app, reason, ev.APP_STARTED, duration)
         self.metrics.wakes.labels(app.key, "success").inc()
@@ -218,17 +221,21 @@ class Waker:
         log.info("%s is ready after %.2fs", app.key, duration)
         self.hooks.run_in_background("after_start", policy.hooks.get("after_start"), app.name, reason, app.region)
 
-    def _abandoned(self, app: AppInfo, error: WakeError | ProviderError) -> WakeError:
-        """A start that failed or timed out leaves nothing running; the error (and event) says what was undone."""
-        message = error.message if isinstance(error, WakeError) else str(error)
+    def _abandon(self, app: AppInfo) -> None:
+        """A start that failed or timed out must leave nothing running; remember what was undone for its error."""
         try:
             undone = self.provider.abandon_start(app)
-        except Exception as cleanup_error:  # noqa: BLE001 - the start's own failure is what the caller must see
-            log.error("could not clean up after the failed start of %s: %s", app.key, cleanup_error)
-            undone = f"cleaning up failed too: {cleanup_error}"
+        except Exception as error:  # noqa: BLE001 - the start's own failure is what the caller must see
+            log.error("could not clean up after the failed start of %s: %s", app.key, error)
+            undone = f"cleaning up failed too: {error}"
         if undone:
-            message = f"{message}; {undone}"
-        return (type(error) if isinstance(error, WakeError) else WakeError)(app.key, message)
+            self._undone[app.key] = undone
+
+    def _tell_what_was_undone(self, app: AppInfo, flight: Flight) -> None:
+        """Add what :meth:`_abandon` did to the start's error, keeping its kind (and so its status)."""
+        undone = self._undone.pop(app.key, None)
+        if undone and flight.error is not None:
+            flight.error = type(flight.error)(app.key, f"{flight.error.message}; {undone}")
 
     def _record_failure(self, app: AppInfo, reason: str, error: WakeError, duration: float) -> None:
         self._failures[app.key] = (error.message, time.monotonic())

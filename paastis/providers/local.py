@@ -432,6 +432,8 @@ def _terminate_group(pgid: int, grace: float) -> bool:
         os.killpg(pgid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
     except ProcessLookupError:
         return True
+    if grace <= 0:
+        return _wait_group_gone(pgid, KILL_WAIT)
     if _wait_group_gone(pgid, grace):
         return True
     log.warning("local: process group %d ignored SIGTERM for %gs, killing it", pgid, grace)
