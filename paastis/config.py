@@ -425,5 +425,6 @@ def read_config_file_name(env: Env) -> Path:
     path = Path(raw)
     if not path.is_file():
         where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
-        raise ConfigError(f"PAASTIS_CONFIG_FILE={raw!r}: no such file{where}")
+        what = "a directory, not a file" if path.is_dir() else "no such file"
+        raise ConfigError(f"PAASTIS_CONFIG_FILE={raw!r}: {what}{where}")
     return path

@@ -86,6 +86,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
         return {}
     try:
         data = yaml.safe_load(path.read_text()) or {}
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read: {error.strerror}") from None
     except yaml.YAMLError as error:
         detail = " ".join(str(error).split())  # one line
         raise ConfigError(f"{path}: not valid YAML: {detail}") from None

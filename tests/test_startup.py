@@ -56,6 +56,8 @@ def refused_start(tmp_path: Path, env: dict[str, str], files: dict[str, str]) ->
             "REGISTRY_REDIS_URL must be a redis://, rediss:// or unix:// URL (it has a http:// URL)",
         ),
         ({"PAASTIS_CONFIG_FILE": "nowhere.yml"}, {}, "PAASTIS_CONFIG_FILE='nowhere.yml': no such file"),
+        ({"PAASTIS_STATE_DIR": "/proc/paastis-state"}, {}, "PAASTIS_STATE_DIR='/proc/paastis-state' cannot be created"),
+        ({}, {"paastis.yml": "apps: [\n"}, "paastis.yml: not valid YAML: while parsing"),
         ({}, {"paastis.yml": "rule:\n  - pattern: demo\n"}, "unknown top-level key(s) 'rule' (did you mean 'rules'?)"),
         (
             {},

@@ -120,7 +120,10 @@ class LocalProvider:
         self.apps = {app.name: app for app in apps}
         self.state_dir = state_dir
         self.operation_timeout = operation_timeout
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"PAASTIS_STATE_DIR={str(state_dir)!r} cannot be created: {error.strerror}") from None
         self._http = requests.Session()
 
     @classmethod
