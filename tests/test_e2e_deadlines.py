@@ -71,3 +71,16 @@ def test_an_admin_stop_answers_504_at_its_deadline_and_loses_nothing(account):
         return any(app["name"] == "shop" and app["monitored"] for app in apps)
 
     wait_until(monitored, 10, what="shop to be registered again after its stop failed")
+
+
+def test_a_hung_listing_cannot_hold_a_request_for_an_unknown_name(platforms, paastis_for):
+    platform = platforms()
+    platform.add_app("shop", running=True)
+    paastis = paastis_for(platform, **SHORT, PROVIDER_DIRECTORY_TTL="0")  # every unknown name lists again
+    assert echo(paastis, "shop")["app"] == "shop"
+    region = platform.regions["osc-fr1"]
+    region.hang = re.compile(r"^/v1/apps$")
+    response = paastis.get("/", host="ghost.localhost", headers=JSON, timeout=PATIENCE)
+    assert response.status_code == 502
+    assert "cannot tell whether app 'ghost' exists" in response.json()["error"]
+    assert region.hung >= 1

@@ -16,9 +16,11 @@ schedule -> supervisor -> lifecycle -> provider. No collaborator calls back into
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from .. import deadlines
 from ..directory import Directory
 from ..dry_run import DryRun
 from ..events import EventStore
@@ -60,6 +62,7 @@ class Lifecycle:
         cluster_lock: ClusterLock = _no_cluster_lock,
         dry_run: DryRun | None = None,
     ):
+        self.operation_timeout = operation_timeout
         self.lookup = AppLookup(provider, directory, rules)
         self.flights = Flights()
         self.journal = Journal(registry, events)
@@ -97,8 +100,12 @@ class Lifecycle:
     # -- what the proxy asks ----------------------------------------------------
 
     def resolve(self, key: str) -> AppInfo:
-        """The app a request key stands for, or :class:`UnknownApp` (404)."""
-        return self.lookup.resolve(key)
+        """The app a request key stands for, or :class:`UnknownApp` (404).
+
+        A listing this triggers stops at the operation timeout, like a wake (:mod:`paastis.deadlines`).
+        """
+        with deadlines.deadline_at(time.monotonic() + self.operation_timeout):
+            return self.lookup.resolve(key)
 
     def group(self, app: AppInfo) -> list[AppInfo]:
         """``app`` (first) and every app it links to, transitively."""
