@@ -45,7 +45,7 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from .config import Settings
 
-HEAD_READ = 16 * 1024  # bytes per recv() while a head arrives
+HEAD_READ = 8 * 1024  # bytes per recv() while a head arrives (gunicorn reads 8 KiB at a time too)
 MAX_POLLED_HEAD = 64 * 1024  # beyond this, the thread reads the rest (still under the head deadline)
 WAIT, READY, GONE = object(), object(), object()  # what one read of a head found
 RESPONSE_408 = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
@@ -236,8 +236,8 @@ class PaastisWorker(ThreadWorker):
     def handle(self, conn: Connection) -> Any:
         """Give gunicorn's parser the bytes read so far, under the head deadline, then serve as gthread does."""
         if getattr(conn, "timed", False):
-            conn.sock.setblocking(True)
-            conn.init()
+            if not conn.initialized:
+                conn.init()  # makes the socket blocking and the parser (gthread's handle does the rest)
             unreader = conn.parser.unreader
             if not isinstance(unreader, TimedUnreader):
                 unreader = conn.parser.unreader = TimedUnreader(conn.sock, self.body_timeout)
