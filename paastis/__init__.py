@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import Flask
@@ -28,12 +29,14 @@ from .proxy import bp as proxy_blueprint
 from .redis_link import RedisLink, redis_client
 from .redis_registry import RedisRegistry
 from .registry import InMemoryRegistry, Registry
+from .relay import Relay
 from .rules import Rules, load_config_file
 from .savings import Savings
 from .schedule_runner import ScheduleRunner
 from .sleep_gate import SleepGate
 from .supervisor import Leadership, SoleLeader, Supervisor
 from .system_api import bp as system_api_blueprint
+from .upgrade import Upgrades
 from .waiting import WaitingRoom, duration
 from .wake_times import WakeTimes
 from .worker import ClientBodyTimeout
@@ -60,6 +63,7 @@ class Paastis:
     lifecycle: Lifecycle
     supervisor: Supervisor
     proxy: Proxy
+    upgrades: Upgrades
     waiting_room: WaitingRoom
     gate: SleepGate
     savings: Savings  # the dashboard calls savings.report(since, until, app)
@@ -68,6 +72,7 @@ class Paastis:
     def close(self) -> None:
         """Stop the supervisor and release sessions; tests build and close many instances."""
         self.supervisor.stop()
+        self.upgrades.close()  # WebSockets get their Close frame (1001) while the registry still works
         self.proxy.close()
         self.lifecycle.close()
         self.provider.close()
@@ -99,6 +104,9 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
     )
     marks = build_marks(registry)
     dry_run = DryRun(registry, events, marks) if settings.dry_run else None
+    ca_bundle = settings.env.get("REQUESTS_CA_BUNDLE") or settings.env.get("CURL_CA_BUNDLE")
+    relay = Relay(registry, metrics, websocket_idle_timeout(settings, rules), settings.max_websockets)
+    upgrades = Upgrades(relay, ca_bundle)
     lifecycle = Lifecycle(
         provider,
         registry,
@@ -109,6 +117,7 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
         metrics,
         operation_timeout=settings.provider_operation_timeout(provider.name),
         dry_run=dry_run,
+        close_connections=upgrades.close_app,
         **({"cluster_lock": ClusterLocks(registry.link)} if isinstance(registry, RedisRegistry) else {}),
     )
     savings = Savings(
@@ -147,6 +156,7 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
         lifecycle,
         supervisor,
         proxy,
+        upgrades,
         WaitingRoom(wake_times),
         gate,
         savings,
@@ -165,6 +175,14 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
     startup.report(settings, rules)  # once per instance: under gunicorn the master already did
     log.debug("worker ready: provider=%s registry=%s", provider.name, settings.registry_type)
     return app
+
+
+def websocket_idle_timeout(settings: Settings, rules: Rules) -> Callable[[str], float]:
+    """Seconds a quiet upgraded connection of an app still counts: WEBSOCKET_IDLE_TIMEOUT, else its max idle time."""
+    if settings.websocket_idle_timeout is not None:
+        fixed = settings.websocket_idle_timeout * 60
+        return lambda key: fixed
+    return lambda key: rules.policy(key).max_idle_time * 60
 
 
 def build_registry(settings: Settings) -> Registry:

@@ -236,6 +236,8 @@ class Settings:
     hooks_strict: bool = False
     events_store_type: str = "in-memory"
     events_max: int = 10_000
+    websocket_idle_timeout: float | None = None  # minutes; None: each app's max idle time
+    max_websockets: int = 10_000
     system_api_enabled: bool = False
     system_api_token: str | None = field(default=None, repr=False)
     database_url: str | None = field(default=None, repr=False)
@@ -322,6 +324,8 @@ class Settings:
             hooks_strict=env.boolean("HOOKS_STRICT", False),
             events_store_type=events_store_type,
             events_max=env.integer("EVENTS_MAX", 10_000),
+            websocket_idle_timeout=env.number("WEBSOCKET_IDLE_TIMEOUT", 0.0) or None,
+            max_websockets=env.integer("MAX_WEBSOCKETS", 10_000),
             system_api_enabled=api_enabled,
             system_api_token=api_token,
             database_url=database_url,

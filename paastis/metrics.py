@@ -29,6 +29,9 @@ class Metrics:
         )
         self.hook_runs = Counter("paastis_hook_runs", "Hook runs, by hook and outcome", ["hook", "outcome"], registry=r)
         self.registry_size = Gauge("paastis_registry_size", "Apps in the registry", registry=r)
+        self.websockets_open = Gauge(
+            "paastis_websockets_open", "Upgraded connections (WebSockets) open here, by app", ["app"], registry=r
+        )
         self.leader = Gauge("paastis_leader", "1 while this worker holds the supervisor lock", registry=r)
         self.passive_requests = Counter(
             "paastis_passive_requests",

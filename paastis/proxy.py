@@ -155,8 +155,11 @@ class Proxy:
 
 def hop_by_hop(headers: Any) -> set[str]:
     """RFC 9110 §7.6.1 hop-by-hop fields, plus every field the Connection header names."""
-    named = {token.strip().lower() for value in headers.get_all("Connection") for token in value.split(",")}
-    return HOP_BY_HOP | named
+    return HOP_BY_HOP | connection_tokens(headers)
+
+
+def connection_tokens(headers: Any) -> set[str]:
+    return {token.strip().lower() for value in headers.get_all("Connection") for token in value.split(",")}
 
 
 def raw_target(req: Request) -> str:
@@ -307,8 +310,20 @@ def waiting_room() -> WaitingRoom:
     return current_app.extensions["paastis"].waiting_room
 
 
+def upgrade_tokens(req: Request) -> list[str]:
+    """The protocols a request asks to switch to (``Connection: Upgrade``), ``h2c`` left out.
+
+    paastis speaks HTTP/1.1 to apps, so an ``Upgrade: h2c`` is declined the HTTP way: the
+    request is answered as a plain HTTP/1.1 request (RFC 9113 §3.2 lets servers ignore it).
+    """
+    if "upgrade" not in connection_tokens(req.headers):
+        return []
+    tokens = (token.strip() for token in req.headers.get("Upgrade", "").split(","))
+    return [token for token in tokens if token and token.lower() != "h2c"]
+
+
 def wants_waiting_page(strategy: str, req: Request) -> bool:
-    if strategy == "blocking" or req.method not in ("GET", "HEAD"):
+    if strategy == "blocking" or req.method not in ("GET", "HEAD") or upgrade_tokens(req):
         return False
     if strategy == "waiting-page":
         return True
@@ -445,6 +460,8 @@ def forward(lifecycle: Lifecycle, proxy: Proxy, app: AppInfo, wake: bool = True)
 
     A passive visitor (``wake=False``) never wakes an app: it gets the upstream's failure.
     """
+    if upgrade_tokens(request):  # WebSocket and other upgrades: see paastis.upgrade
+        return current_app.extensions["paastis"].upgrades.forward(lifecycle, proxy, app, wake)
     body = request_body(request)
     target = raw_target(request)
     read_timeout = proxy.read_timeout_of(app.key)

@@ -157,14 +157,14 @@ class RedisRegistry:
         self._ensure_thread()
         return key
 
-    def end_request(self, key: str, token: object) -> None:
-        now = utcnow()
+    def end_request(self, key: str, token: object, accessed_at: datetime | None = None) -> None:
+        when = accessed_at or utcnow()
         with self._lock:
             activity = self._activity.setdefault(key, _Activity())
             activity.count = max(0, activity.count - 1)
             activity.last_end = time.monotonic()
-            activity.touched_at = now
-            self._touch_locally(key, now)
+            activity.touched_at = max(when, activity.touched_at or when)
+            self._touch_locally(key, when)
 
     def in_flight(self, key: str) -> int:
         """Requests in flight here, plus one per other instance serving ``key`` right now.
@@ -387,7 +387,7 @@ class RedisRegistry:
 
     def _touch_locally(self, key: str, now: datetime) -> None:
         app = self._local.get(key)
-        if app is not None:
+        if app is not None and now > app.last_accessed_at:
             self._local[key] = replace(app, last_accessed_at=now)
 
 

@@ -54,7 +54,9 @@ class Registry(Protocol):
     def unregister(self, key: str) -> None: ...
     def touch(self, key: str) -> None: ...
     def begin_request(self, key: str) -> object: ...
-    def end_request(self, key: str, token: object) -> None: ...
+    def end_request(self, key: str, token: object, accessed_at: datetime | None = None) -> None:
+        """The request (or upgraded connection) is over; its last access was ``accessed_at`` (default: now)."""
+
     def in_flight(self, key: str) -> int: ...
     def remember(self, key: str, memo: dict[str, Any]) -> None: ...
     def recall(self, key: str) -> dict[str, Any] | None: ...
@@ -98,14 +100,15 @@ class InMemoryRegistry:
             self._in_flight[key] += 1
         return key
 
-    def end_request(self, key: str, token: object) -> None:
+    def end_request(self, key: str, token: object, accessed_at: datetime | None = None) -> None:
+        when = accessed_at or utcnow()
         with self._lock:
             self._in_flight[key] -= 1
             if self._in_flight[key] <= 0:
                 del self._in_flight[key]
             app = self._apps.get(key)
-            if app is not None:
-                self._apps[key] = replace(app, last_accessed_at=utcnow())
+            if app is not None and when > app.last_accessed_at:
+                self._apps[key] = replace(app, last_accessed_at=when)
 
     def in_flight(self, key: str) -> int:
         return self._in_flight.get(key, 0)

@@ -151,6 +151,7 @@ def describe(app: AppInfo, status: str | None = None) -> dict[str, Any]:
         "linked_apps": list(policy.linked_apps),
         "wake_strategy": policy.wake_strategy,
         "requests_in_flight": paastis.registry.in_flight(app.key),
+        "websockets": paastis.upgrades.open(app.key),
         "starting": paastis.lifecycle.starting(app.key),
         **schedule_fields(policy),
     }

@@ -44,6 +44,7 @@ from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from .config import Settings
+from .takeover import TakeoverMixin
 
 HEAD_READ = 8 * 1024  # bytes per recv() while a head arrives (gunicorn reads 8 KiB at a time too)
 MAX_POLLED_HEAD = 64 * 1024  # beyond this, the thread reads the rest (still under the head deadline)
@@ -124,8 +125,11 @@ def head_complete(head: bytearray, searched_from: int) -> bool:
     return head.find(b"\n\r\n", start) >= 0 or head.find(b"\n\n", start) >= 0
 
 
-class PaastisWorker(ThreadWorker):
-    """gthread with request heads read by the main loop, under ``CLIENT_HEADER_TIMEOUT``."""
+class PaastisWorker(TakeoverMixin, ThreadWorker):
+    """gthread with request heads read by the main loop, under ``CLIENT_HEADER_TIMEOUT``.
+
+    :class:`~paastis.takeover.TakeoverMixin` lets the app take a connection over after a 101 (WebSockets).
+    """
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)

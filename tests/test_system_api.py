@@ -133,6 +133,7 @@ def test_get_apps_lists_provider_apps_merged_with_the_registry(client):
         "linked_apps",
         "wake_strategy",
         "requests_in_flight",
+        "websockets",
         "starting",
         "schedule",
         "next_change",

@@ -17,7 +17,7 @@ schedule -> supervisor -> lifecycle -> provider. No collaborator calls back into
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from .. import deadlines
@@ -61,6 +61,7 @@ class Lifecycle:
         operation_timeout: float,
         cluster_lock: ClusterLock = _no_cluster_lock,
         dry_run: DryRun | None = None,
+        close_connections: Callable[[str], None] = lambda key: None,
     ):
         self.operation_timeout = operation_timeout
         self.lookup = AppLookup(provider, directory, rules)
@@ -92,6 +93,7 @@ class Lifecycle:
             cluster_lock,
             operation_timeout,
             dry_run,
+            close_connections,
         )
         self.idle = IdleCheck(
             provider, registry, directory, rules, metrics, self.lookup, self.flights, self.journal, self.stopper

@@ -39,6 +39,7 @@ class Stopper:
         cluster_lock: ClusterLock,
         operation_timeout: float,
         dry_run: DryRun | None = None,
+        close_connections: Callable[[str], None] = lambda key: None,
     ):
         self.provider = provider
         self.registry = registry
@@ -50,6 +51,7 @@ class Stopper:
         self.cluster_lock = cluster_lock
         self.operation_timeout = operation_timeout
         self.dry_run = dry_run  # PAASTIS_DRY_RUN: stops are only recorded (APP_WOULD_STOP)
+        self.close_connections = close_connections  # an app's open WebSockets (see paastis.relay)
 
     def stop(self, app: AppInfo, reason: str, still_idle: Callable[[AppInfo], bool] | None = None) -> bool:
         """Stop ``app`` unless something else is happening to it; True if it was stopped.
@@ -103,6 +105,7 @@ class Stopper:
                 self.registry.register(entry)
             log.info("not stopping %s: a request arrived", app.key)
             return False
+        self.close_connections(app.key)  # with a Close frame (1001) rather than a reset by the dying app
         try:
             log.info("stopping %s (%s)", app.key, reason)
             memo = self.provider.stop(app)
