@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import ssl
 from http import HTTPStatus
 
@@ -72,11 +73,13 @@ async def main() -> None:
         select_subprotocol=lambda connection, offered: "chat" if "chat" in offered else None,
         max_size=None,
         ping_interval=None,
-    ) as server:
+    ):
         if os.environ.get("START_LOG"):
             with open(os.environ["START_LOG"], "a") as log:
                 log.write(f"{os.getpid()}\n")
-        await server.serve_forever()
+        closing = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, closing.set)
+        await closing.wait()  # then the server closes, and waits for handlers to record their closes
 
 
 if __name__ == "__main__":
