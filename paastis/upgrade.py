@@ -31,6 +31,7 @@ from .providers import AppInfo
 from .proxy import (
     CHUNK,
     NOT_RETURNED,
+    ClientBodyError,
     PassThroughResponse,
     Proxy,
     error_response,
@@ -97,6 +98,9 @@ class Upgrades:
         for attempt in (1, 2):
             try:
                 sock, head, rest = self._handshake(lifecycle.upstream_url(app), body, timeouts)
+            except ClientBodyError as error:
+                log.warning("client error on upgrade to %s: %s", app.key, error.message)
+                return error_response(error.status, error.message)
             except UpstreamError as error:
                 if attempt == 2 or not wake or not error.refused:
                     log.warning("upgrade to %s failed: %s", app.key, error.message)
@@ -129,6 +133,9 @@ class Upgrades:
             headers["Upgrade"] = ", ".join(upgrade_tokens(request))
             send_request(sock, request.method, urlsplit(upstream).path + raw_target(request), headers, body)
             head, rest = read_head(sock)
+        except ClientBodyError:
+            sock.close()  # the app sees an aborted request, never a whole one
+            raise
         except TimeoutError:
             sock.close()
             raise UpstreamError(504, "did not answer in time") from None

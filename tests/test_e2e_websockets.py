@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -302,3 +303,18 @@ def test_wss_upstream_is_verified_and_trusts_requests_ca_bundle(tmp_path, gunico
         payload = os.urandom(MIB)
         ws.send(payload)
         assert ws.recv(timeout=30) == payload
+
+
+def test_an_upgrade_with_a_body_reaches_a_plain_http_app_which_answers_as_usual(tmp_path, gunicorn_factory):
+    app, _ = local_app(tmp_path)
+    write_config(tmp_path, [app])
+    paastis = gunicorn_factory()
+    body = os.urandom(200_000)
+    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket"}
+    response = paastis.request("POST", "/echo", headers=upgrade, data=body)
+    assert response.status_code == 200
+    seen = response.json()
+    assert seen["body_size"] == len(body) and seen["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert ["Upgrade", "websocket"] in seen["headers"]
+    chunked = paastis.request("POST", "/echo", headers=upgrade, data=iter([body[:1000], body[1000:]]))
+    assert chunked.status_code == 200 and chunked.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
