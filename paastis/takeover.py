@@ -3,8 +3,10 @@
 After a ``101 Switching Protocols`` the connection no longer speaks HTTP: gunicorn must
 neither write a response on it, nor keep it alive for another request, nor close it.
 gthread has no such state (only its own HTTP/2 upgrade), so this mixin adds one. The app
-finds ``environ["paastis.takeover"]``; calling it returns the client socket and the bytes
-the client already sent past its request, and from then on the socket is the app's:
+finds ``environ["paastis.takeover"]`` and calls it with a *handoff*: once the app's response
+is closed (so everything the request held, such as its bulkhead place, is given back), the
+handoff gets the client socket and the bytes the client already sent past its request, and
+from then on the socket is the app's:
 
 - the response the app returns is not written (the access log still shows a 101);
 - the request's connection ends as far as gunicorn knows: it counts no longer against
@@ -16,9 +18,13 @@ upgraded connection holds two descriptors for as long as it lasts.
 
 from __future__ import annotations
 
+import logging
 import resource
 import threading
+from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 TAKEOVER = "paastis.takeover"
 DETACHED = object()
@@ -74,18 +80,31 @@ class TakeoverMiddleware:
         if conn is None or response is None or conn.sock is not environ.get("gunicorn.socket"):
             return self.app(environ, start_response)
 
-        def takeover() -> tuple[Any, bytes]:
+        handoffs: list[Callable[[Any, bytes], None]] = []
+
+        def takeover(handoff: Callable[[Any, bytes], None]) -> None:
             conn.paastis_detached = True
-            return conn.sock, conn.parser.unreader.take_buffered()
+            handoffs.append(handoff)
 
         environ[TAKEOVER] = takeover
         result = self.app(environ, start_response)
-        if not getattr(conn, "paastis_detached", False):
+        if not handoffs:
             return result
-        if hasattr(result, "close"):
-            result.close()
-        _silence(response)
+        try:
+            if hasattr(result, "close"):
+                result.close()
+        finally:
+            _silence(response)
+            _hand_off(handoffs[0], conn)
         return []
+
+
+def _hand_off(handoff: Callable[[Any, bytes], None], conn: Any) -> None:
+    try:
+        handoff(conn.sock, conn.parser.unreader.take_buffered())
+    except Exception:  # noqa: BLE001 - the socket is ours alone now: nobody else would close it
+        log.exception("taking a connection over failed: closing it")
+        conn.sock.close()
 
 
 def _silence(response: Any) -> None:

@@ -173,12 +173,22 @@ class Upgrades:
         if chosen not in {token.lower() for token in upgrade_tokens(request)}:
             sock.close()
             return error_response(502, f"app {app.key!r} switched to {chosen or 'nothing'!r}, which was not asked for")
-        client, pending = takeover()
-        request.environ["paastis.upgraded"] = True
-        self.relay.adopt(
-            app.key, client, sock, websocket=chosen == "websocket", head=head, to_client=rest, to_upstream=pending
-        )
-        log.debug("%s: %s connection handed to the relay", app.key, chosen)
+
+        def handoff(client: socket.socket, pending: bytes) -> None:
+            """Runs once this request is over (its bulkhead place and in-flight count given back)."""
+            try:
+                self.relay.adopt(
+                    app.key, client, sock, websocket=websocket, head=head, to_client=rest, to_upstream=pending
+                )
+            except BaseException:
+                sock.close()
+                self.relay.release()
+                raise
+            log.debug("%s: %s connection handed to the relay", app.key, chosen)
+
+        websocket = chosen == "websocket"
+        takeover(handoff)
+        request.environ["paastis.upgraded"] = True  # the place booked in the relay is the handoff's now
         return PassThroughResponse(status=101)  # never written: the connection is the relay's now
 
 

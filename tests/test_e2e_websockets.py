@@ -166,8 +166,9 @@ def test_closing_from_either_side_closes_the_other(tmp_path, gunicorn_factory):
 def test_open_websockets_do_not_hold_request_threads(tmp_path, gunicorn_factory):
     app, _ = ws_app(tmp_path)
     write_config(tmp_path, [app])
-    paastis = gunicorn_factory({"PAASTIS_THREADS": "2"})
-    sockets = [open_ws(paastis) for _ in range(6)]  # three times the threads
+    # One request of the app at a time: a handshake gives its place back before its 101 goes out.
+    paastis = gunicorn_factory({"PAASTIS_THREADS": "2", "MAX_IN_FLIGHT_PER_APP": "1"})
+    sockets = [open_ws(paastis) for _ in range(10)]  # five times the threads
     assert paastis.get("/echo").status_code == 426  # an ordinary request still finds a thread
     for index, ws in enumerate(sockets):
         ws.send(f"still there {index}")
