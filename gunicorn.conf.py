@@ -1,13 +1,7 @@
-"""gunicorn settings for paastis: its own gthread workers (paastis/worker.py), bound to $HOST:$PORT.
+"""gunicorn settings for ``gunicorn app:app``: paastis's own, kept in the package (``paastis/gunicorn_conf.py``).
 
-gunicorn runs this file in its master process, before any worker exists: every setting
-(environment, ``.env``, ``paastis.yml``, the provider's) is checked here, so a mistake stops
-the instance with one line and a non-zero exit. The summary line and the warnings are
-logged here too, once per instance. The supervisor thread starts in each worker once it has
-loaded the app (after fork), never in the master.
-
-gunicorn itself reads ``WEB_CONCURRENCY`` from the process environment (as the default of
-``workers``) before this file runs: a non-number there stops gunicorn with its own error.
+They live in the package so that ``paastis serve`` finds the same settings in an installed
+paastis; this file is what gunicorn reads by default when started from the repository.
 """
 
 import sys
@@ -15,40 +9,4 @@ import sys
 if sys.version_info < (3, 11):  # noqa: UP036 - before importing paastis, which needs 3.11
     sys.exit(f"paastis: needs Python 3.11 or later; this is Python {sys.version.split()[0]} ({sys.executable})")
 
-from paastis import logs, startup  # noqa: E402
-from paastis.config import ConfigError  # noqa: E402
-
-try:
-    _checked = startup.check()
-except ConfigError as error:
-    print(startup.error_line(error), file=sys.stderr, flush=True)
-    sys.exit(1)
-_settings = _checked.settings
-
-bind = f"{_settings.host}:{_settings.port}"
-worker_class = "paastis.worker.PaastisWorker"  # gthread, reading request heads without holding a thread
-workers = _settings.workers
-threads = _settings.threads
-graceful_timeout = 15
-keepalive = 5
-accesslog = _settings.access_log
-loglevel = _settings.log_level
-logconfig_dict = logs.gunicorn_logconfig(_settings.log_format, _settings.log_level, _settings.access_log)
-control_socket_disable = True  # one per machine by default: several instances would fight over it
-
-
-def when_ready(server):
-    """Listening: say once, for the whole instance, what runs and how to try it."""
-    startup.report(_settings, _checked.rules, server.log)
-    host, port = server.LISTENERS[0].getsockname()[:2] if server.LISTENERS else (_settings.host, _settings.port)
-    server.log.info(startup.summary(_checked, _settings.host if host in ("0.0.0.0", "::") else host, port))
-
-
-def post_worker_init(worker):
-    worker.wsgi.extensions["paastis"].supervisor.start()
-
-
-def worker_exit(server, worker):
-    paastis = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("paastis")
-    if paastis is not None:
-        paastis.close()
+from paastis.gunicorn_conf import *  # noqa: E402, F403

@@ -190,38 +190,54 @@ def cli() -> None:
 @cli.command()
 def check() -> None:
     """Validate the settings and paastis.yml as start-up does; print the summary (exit 2 on error)."""
-    from . import create_app  # late: the package imports this module
+    from . import create_app, startup  # late: the package imports this module
 
     try:
         settings = Settings.from_env()
-        quiet = replace(settings, log_level="warning")  # no "paastis ready": nothing will serve
-        paastis = create_app(quiet).extensions["paastis"]
+        checked = startup.check(settings)  # what gunicorn's master checks
+        quiet = replace(settings, log_level="warning")  # warnings, but no "paastis ready": nothing will serve
+        paastis = create_app(quiet).extensions["paastis"]  # what each worker builds (it logs the warnings)
     except ConfigError as error:
         raise Failure(f"configuration error: {error}", EXIT_CONFIG) from None
     try:
-        click.echo(table(("SETTING", "VALUE"), summary(paastis)))
+        click.echo(table(("SETTING", "VALUE"), summary(paastis, checked.apps)))
         click.echo("configuration OK")
     finally:
         paastis.close()
 
 
-def summary(paastis: Any) -> list[tuple[str, str]]:
+def summary(paastis: Any, apps: tuple[str, ...] | None) -> list[tuple[str, str]]:
     """What this configuration will run, as an operator would check it before deploying."""
     settings = paastis.settings
-    local = settings.provider_name == "local"
+    checks = f"cron {settings.checking_cron}" if settings.checking_cron else f"every {settings.checking_interval:g} s"
     return [
         ("provider", paastis.provider.name),
         ("config file", f"{settings.config_file} ({'found' if settings.config_file.is_file() else 'absent'})"),
-        *([("apps in config file", str(len(paastis.provider.list_apps())))] if local else []),
+        ("apps", ", ".join(apps) if apps is not None else f"listed by {paastis.provider.name} at the first check"),
         ("rules", str(len(paastis.rules.rules))),
         ("registry", settings.registry_type),
         ("events store", settings.events_store_type),
         ("wake strategy", settings.wake_strategy),
         ("max idle time", f"{settings.max_idle_time:g} min"),
-        ("checking interval", f"{settings.checking_interval:g} s"),
+        ("idle checks", checks),
+        ("workers", f"{settings.workers} x {settings.threads} threads on {settings.host}:{settings.port}"),
         ("admin API", "on" if settings.system_api_enabled else "off"),
         ("dashboard", settings.dashboard_host or "off"),
+        ("dry run", "on: nothing is stopped" if settings.dry_run else "off"),
     ]
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("gunicorn_options", nargs=-1, type=click.UNPROCESSED)
+def serve(gunicorn_options: tuple[str, ...]) -> None:
+    """Run the service as `gunicorn app:app` does; GUNICORN_OPTIONS go to gunicorn.
+
+    The settings are paastis's own gunicorn configuration (paastis/gunicorn_conf.py), the same
+    that `gunicorn app:app` reads from a checkout, so an installed paastis runs the same way.
+    """
+    config = Path(__file__).with_name("gunicorn_conf.py")
+    argv = [sys.executable, "-m", "gunicorn", "--config", str(config), *gunicorn_options, "paastis.wsgi:app"]
+    os.execv(sys.executable, argv)  # gunicorn becomes this process: signals and exit status are its own
 
 
 @cli.command()

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import requests
 
-from tests.support import ROOT, local_app, port_open, starts, wait_until, write_config
+from tests.support import ROOT, free_port, kill_local_apps, local_app, port_open, starts, wait_until, write_config
 
 TOKEN = "cli-token-0123456789abcdef"
 PAASTIS = Path(sys.executable).parent / "paastis"
@@ -127,9 +129,13 @@ def test_check_validates_like_start_up_and_prints_the_summary(tmp_path):
     good = run("check", cwd=tmp_path, PAASTIS_CONFIG_FILE=str(config), PAASTIS_STATE_DIR=str(tmp_path / "state"))
     assert good.returncode == 0, good.stderr
     summary = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in good.stdout.splitlines()[1:-1])
-    assert summary["provider"] == "local" and summary["apps in config file"] == "1" and summary["rules"] == "1"
-    assert summary["dashboard"] == "off" and summary["admin API"] == "off"
+    assert summary["provider"] == "local" and summary["apps"] == "demo" and summary["rules"] == "1"
+    assert summary["dashboard"] == "off" and summary["admin API"] == "off" and summary["idle checks"] == "every 60 s"
     assert good.stdout.splitlines()[-1] == "configuration OK" and good.stderr == ""
+    assert not (tmp_path / "demo-starts.log").exists()  # nothing was started
+
+    warned = run("check", cwd=tmp_path, PAASTIS_CONFIG_FILE=str(config), PAASTIS_DRY_RUN="true")
+    assert warned.returncode == 0 and "PAASTIS_DRY_RUN=true: no app will be stopped" in warned.stderr
 
     config.write_text("rules:\n  - pattern: demo\n    app_max_idle_time: soon\n")
     bad = run("check", cwd=tmp_path, PAASTIS_CONFIG_FILE=str(config))
@@ -181,6 +187,38 @@ def test_pip_install_gives_the_command_and_the_dashboard_files(tmp_path):
     assert ran.returncode == 0, ran.stderr
     where, sign_in, css = ran.stdout.split()
     assert where.startswith(str(target)) and sign_in == "200" and css == "200"
+
+    # `paastis serve` from that installed copy, in a folder with neither app.py nor gunicorn.conf.py
+    app, app_port = local_app(tmp_path, "demo")
+    write_config(tmp_path, [app])
+    port = free_port()
+    serve_env = {**env, "PORT": str(port), "HOST": "127.0.0.1", "PAASTIS_STATE_DIR": str(tmp_path / "state")}
+    serve = "import sys; from paastis.cli import main; sys.argv = ['paastis', 'serve', '--access-logfile', '-']; main()"
+    log = open(tmp_path / "serve.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-c", serve],
+        cwd=tmp_path,
+        env=serve_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: port_open(port) or server.poll() is not None, 30, what="paastis serve listening")
+        response = requests.get(f"http://127.0.0.1:{port}/echo", headers={"Host": "demo.localhost"}, timeout=30)
+        assert response.status_code == 200 and response.json()["path"] == "/echo"
+        logs = (tmp_path / "serve.log").read_text()
+        assert (
+            "paastis ready: provider=local" in logs and '"GET /echo HTTP/1.1" 200' in logs
+        )  # the option reached gunicorn
+        argv = Path(f"/proc/{server.pid}/cmdline").read_bytes().split(b"\0")  # gunicorn replaced the command
+        assert f"{target}/paastis/gunicorn_conf.py".encode() in argv and b"paastis.wsgi:app" in argv
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
+        kill_local_apps(tmp_path / "state")
+    wait_until(lambda: not port_open(app_port), what="the app paastis serve woke to be stopped")
 
 
 def test_the_container_health_check_tells_a_serving_paastis_from_none(served):

@@ -1,0 +1,71 @@
+"""gunicorn settings for paastis: its own gthread workers (paastis/worker.py), bound to $HOST:$PORT.
+
+Both ``gunicorn app:app`` (through the repository's ``gunicorn.conf.py``, which imports this
+module) and ``paastis serve`` (which hands this file to gunicorn as its ``--config``) use
+these settings, so an installed paastis runs exactly as a checkout does.
+
+gunicorn runs this in its master process, before any worker exists: every setting
+(environment, ``.env``, ``paastis.yml``, the provider's) is checked here, so a mistake stops
+the instance with one line and a non-zero exit. The summary line and the warnings are
+logged here too, once per instance. The supervisor thread starts in each worker once it has
+loaded the app (after fork), never in the master.
+
+gunicorn itself reads ``WEB_CONCURRENCY`` from the process environment (as the default of
+``workers``) before this file runs: a non-number there stops gunicorn with its own error.
+"""
+
+import sys
+
+from paastis import logs, startup
+from paastis.config import ConfigError
+
+__all__ = [  # what gunicorn reads (``gunicorn.conf.py`` star-imports this module)
+    "bind",
+    "worker_class",
+    "workers",
+    "threads",
+    "graceful_timeout",
+    "keepalive",
+    "accesslog",
+    "loglevel",
+    "logconfig_dict",
+    "control_socket_disable",
+    "when_ready",
+    "post_worker_init",
+    "worker_exit",
+]
+
+try:
+    _checked = startup.check()
+except ConfigError as error:
+    print(startup.error_line(error), file=sys.stderr, flush=True)
+    sys.exit(1)
+_settings = _checked.settings
+
+bind = f"{_settings.host}:{_settings.port}"
+worker_class = "paastis.worker.PaastisWorker"  # gthread, reading request heads without holding a thread
+workers = _settings.workers
+threads = _settings.threads
+graceful_timeout = 15
+keepalive = 5
+accesslog = _settings.access_log
+loglevel = _settings.log_level
+logconfig_dict = logs.gunicorn_logconfig(_settings.log_format, _settings.log_level, _settings.access_log)
+control_socket_disable = True  # one per machine by default: several instances would fight over it
+
+
+def when_ready(server):
+    """Listening: say once, for the whole instance, what runs and how to try it."""
+    startup.report(_settings, _checked.rules, server.log)
+    host, port = server.LISTENERS[0].getsockname()[:2] if server.LISTENERS else (_settings.host, _settings.port)
+    server.log.info(startup.summary(_checked, _settings.host if host in ("0.0.0.0", "::") else host, port))
+
+
+def post_worker_init(worker):
+    worker.wsgi.extensions["paastis"].supervisor.start()
+
+
+def worker_exit(server, worker):
+    paastis = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("paastis")
+    if paastis is not None:
+        paastis.close()
