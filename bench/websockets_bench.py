@@ -9,7 +9,8 @@ routes ``fast.localhost`` to nginx (a tiny body) and ``chat.localhost`` to ``tes
 (a ``websockets`` echo server). The run:
 
 1. ``wrk`` against ``fast.localhost`` alone: ordinary requests' p50/p99 with no WebSocket open;
-2. opens ``--sockets`` WebSockets through paastis (50 handshakes at a time), each then sending
+2. opens ``--sockets`` WebSockets through paastis (10 handshakes at a time: paastis's default
+   bulkhead lets 16 requests of one app run at once, see docs/robustness.md), each then sending
    a message every second and checking its echo;
 3. ``wrk`` again while they are all open and talking: p50/p99 meanwhile;
 4. the worker's threads and resident memory, read from ``/proc``, before and during.
@@ -23,7 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +37,7 @@ from pathlib import Path
 
 import requests
 from websockets.asyncio.client import connect
+from websockets.sync.client import connect as sync_connect
 
 from bench.proxy_bench import NGINX, WRK, Processes, machine, run_wrk, start_nginx, start_paastis
 from tests.support import PYTHON, free_port, write_config
@@ -73,6 +78,7 @@ class Chatter:
         self.sockets = sockets
         self.open = 0
         self.failed_handshakes = 0
+        self.failures: dict[str, int] = {}
         self.echoes: list[float] = []
         self.errors = 0
         self.loop = asyncio.new_event_loop()
@@ -90,7 +96,7 @@ class Chatter:
 
     async def _main(self) -> None:
         self.stopping = asyncio.Event()
-        gate = asyncio.Semaphore(50)
+        gate = asyncio.Semaphore(10)
         tasks = [asyncio.create_task(self._one(index, gate)) for index in range(self.sockets)]
         await asyncio.gather(*tasks)
 
@@ -106,8 +112,9 @@ class Chatter:
                     ping_interval=None,
                     close_timeout=5,
                 )
-        except Exception:  # noqa: BLE001 - counted and reported
+        except Exception as error:  # noqa: BLE001 - counted and reported
             self.failed_handshakes += 1
+            self.failures[str(error)[:80]] = self.failures.get(str(error)[:80], 0) + 1
             self._count()
             return
         self.open += 1
@@ -133,6 +140,22 @@ class Chatter:
             self.ready.set()
 
 
+def probe(paastis: int, app: int, samples: int = 200) -> dict[str, tuple[float, float]]:
+    """Echo round trips of one more WebSocket, through paastis and straight to the app, alternately."""
+    through = sync_connect(f"ws://chat.localhost:{paastis}/echo", sock=socket.create_connection(("127.0.0.1", paastis)))
+    direct = sync_connect(f"ws://127.0.0.1:{app}/echo")
+    times: dict[str, list[float]] = {"paastis": [], "direct": []}
+    with through, direct:
+        for _ in range(samples):
+            for name, ws in (("paastis", through), ("direct", direct)):
+                sent = time.perf_counter()
+                ws.send("probe")
+                ws.recv(timeout=10)
+                times[name].append((time.perf_counter() - sent) * 1000)
+            time.sleep(0.02)
+    return {name: (statistics.median(t), sorted(t)[int(len(t) * 0.99)]) for name, t in times.items()}
+
+
 def wrk(port: int, connections: int, seconds: int) -> dict:
     raw = run_wrk(port, connections, seconds)
     raw["errors"] = sum(raw[k] for k in ("non2xx", "connect", "read", "write", "timeout"))
@@ -140,26 +163,36 @@ def wrk(port: int, connections: int, seconds: int) -> dict:
     return raw
 
 
-def line(name: str, raw: dict) -> str:
-    return f"| {name} | {raw['rps']:.0f} | {raw['p50'] / 1000:.2f} | {raw['p99'] / 1000:.2f} | {raw['errors']} |"
+def line(name: str, connections: int, raw: dict) -> str:
+    p50, p99 = raw["p50"] / 1000, raw["p99"] / 1000
+    return f"| {name} | {connections} | {raw['rps']:.0f} | {p50:.2f} | {p99:.2f} | {raw['errors']} |"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def report(args, limit, opened_in, chatter, before, during, idle, busy) -> None:  # type: ignore[no-untyped-def]
     echoes = sorted(chatter.echoes)
     print(f"\nmachine: {machine()}")
     print(f"open-files limit: {limit}; paastis: gunicorn app:app with its defaults (1 worker, 32 threads)")
-    print(f"wrk -t1 -c{args.connections}, {args.duration} s per run, against fast.localhost (nginx behind paastis)")
+    print(f"wrk -t1, {args.duration} s per run, against fast.localhost (nginx behind paastis)")
     print(
         f"\nWebSockets: {chatter.open} of {args.sockets} opened in {opened_in:.1f} s "
         f"({chatter.failed_handshakes} failed handshakes), {len(echoes)} echoes, {chatter.errors} errors"
     )
+    for failure, count in chatter.failures.items():
+        print(f"  {count} handshake(s) failed: {failure}")
     if echoes:
         p50, p99 = echoes[len(echoes) // 2], echoes[int(len(echoes) * 0.99)]
         print(f"echo round trip through paastis: p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms")
-    print("\n| ordinary requests | req/s | p50 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|")
-    print(line("no WebSocket open", before))
-    print(line(f"{chatter.open} WebSockets open, 1 msg/s each", during))
+    print("\n| ordinary requests | wrk connections | req/s | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|---|")
+    for count in before:
+        print(line("no WebSocket open", count, before[count]))
+        print(line(f"{chatter.open} WebSockets open, 1 msg/s each", count, during[count]))
     print("\n| paastis worker | threads | RSS MiB |")
     print("|---|---|---|")
     print(f"| no WebSocket open | {idle[0]} | {idle[1]:.1f} |")
@@ -170,7 +203,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sockets", type=int, default=1000)
     parser.add_argument("--duration", type=int, default=20, help="seconds per wrk run")
-    parser.add_argument("--connections", type=int, default=8, help="wrk connections")
+    parser.add_argument("--connections", default="1,8", help="wrk connection counts, comma-separated")
     return parser.parse_args()
 
 
@@ -195,9 +228,10 @@ def main() -> None:
             master = procs.started[-1].pid
             worker = worker_of(master)
             requests.get(f"http://127.0.0.1:{port}/", headers={"Host": "fast.localhost"}, timeout=30)
-            wrk(port, args.connections, 3)  # warm-up
+            counts = [int(c) for c in args.connections.split(",")]
+            wrk(port, max(counts), 3)  # warm-up
             idle_threads, idle_rss = footprint(worker)
-            before = wrk(port, args.connections, args.duration)
+            before = {c: wrk(port, c, args.duration) for c in counts}
 
             chatter = Chatter(port, args.sockets)
             started = time.perf_counter()
@@ -205,10 +239,21 @@ def main() -> None:
             chatter.ready.wait(600)
             opened_in = time.perf_counter() - started
             time.sleep(3)  # every connection has ticked at least once
-            during = wrk(port, args.connections, args.duration)
+            cpu, wall = cpu_seconds(worker), time.perf_counter()
+            time.sleep(10)  # the WebSockets alone: what relaying them costs the worker
+            relay_cpu = (cpu_seconds(worker) - cpu) / (time.perf_counter() - wall)
+            probes = probe(port, chat)
+            chatter.echoes.clear()
+            during = {c: wrk(port, c, args.duration) for c in counts}
             busy_threads, busy_rss = footprint(worker)
             chatter.stop()
             report(args, limit, opened_in, chatter, before, during, (idle_threads, idle_rss), (busy_threads, busy_rss))
+            print(f"\nthe worker's CPU relaying the WebSockets alone (no wrk): {relay_cpu * 100:.0f} % of one core")
+            print(
+                "one more WebSocket's echo round trip meanwhile (200 samples each, ms): "
+                f"through paastis p50 {probes['paastis'][0]:.2f} / p99 {probes['paastis'][1]:.2f}; "
+                f"straight to the app p50 {probes['direct'][0]:.2f} / p99 {probes['direct'][1]:.2f}"
+            )
             chatter = None
         finally:
             if chatter is not None:
