@@ -147,6 +147,7 @@ class _Stretch:
     opened: datetime | None  # the current stretch's opening (None: outside the window)
     closes: datetime | None  # when the current stretch ends (None: never, within sight)
     opens: datetime | None  # the next opening, when outside
+    closed: datetime | None = None  # when the last stretch ended, when outside (None: not within sight)
 
 
 @dataclass
@@ -175,6 +176,10 @@ class Windows:
         """The next opening after ``at`` when outside every window."""
         return self._where(at).opens
 
+    def closed_at(self, at: datetime) -> datetime | None:
+        """When the last stretch before ``at`` ended, when outside every window."""
+        return self._where(at).closed
+
     def _where(self, at: datetime) -> _Stretch:
         cached = self._cache
         if cached is not None and cached.lo <= at < cached.hi:
@@ -192,6 +197,7 @@ class Windows:
             spans.extend(span for window in self.windows if (span := window.spans(day, self.zone)))
         merged = _merge(sorted(spans))
         previous_end = horizon_lo
+        closed = None
         for start, end in merged:
             if start <= at < end:
                 opened = ALWAYS_OPEN_SINCE if start <= horizon_lo else start
@@ -200,9 +206,11 @@ class Windows:
                     lo=max(start, horizon_lo), hi=min(end, horizon_hi), opened=opened, closes=closes, opens=None
                 )
             if at < start:
-                return _Stretch(lo=previous_end, hi=start, opened=None, closes=None, opens=start)
-            previous_end = end
-        return _Stretch(lo=max(previous_end, horizon_lo), hi=horizon_hi, opened=None, closes=None, opens=None)
+                return _Stretch(lo=previous_end, hi=start, opened=None, closes=None, opens=start, closed=closed)
+            previous_end = closed = end
+        return _Stretch(
+            lo=max(previous_end, horizon_lo), hi=horizon_hi, opened=None, closes=None, opens=None, closed=closed
+        )
 
 
 def _merge(spans: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
@@ -233,10 +241,18 @@ class AppSchedule:
         return self.asleep.opened_at(at) if self.asleep else None
 
     def awake_opened(self, at: datetime) -> datetime | None:
-        """The opening of the awake window ``at`` is in, unless an asleep window is open too."""
+        """The opening of the awake window ``at`` is in, unless an asleep window is open too.
+
+        An asleep window that closed inside the awake one opens it again: after a lunch break
+        in ``asleep_during``, the app is started again as when the awake window first opened.
+        """
         if not self.awake or self.asleep_opened(at) is not None:
             return None
-        return self.awake.opened_at(at)
+        opened = self.awake.opened_at(at)
+        closed = self.asleep.closed_at(at) if self.asleep else None
+        if opened is not None and closed is not None and closed > opened:
+            return closed
+        return opened
 
     def keeps_awake(self, at: datetime) -> bool:
         """Inside an awake window (and no asleep one): never stopped for idleness."""

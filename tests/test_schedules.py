@@ -136,3 +136,12 @@ def test_asleep_wins_over_awake_and_next_change():
     assert plan.refuses_wake(morning) is None
     assert plan.to_json(lunch)["state"] == "asleep"
     assert AppSchedule(windows(None), windows(None)).next_change(morning) is None
+
+
+def test_an_asleep_window_closing_inside_an_awake_one_opens_it_again():
+    plan = AppSchedule(windows("mon-fri 08:00-20:00"), windows("12:00-13:00"))
+    assert plan.awake_opened(paris(2026, 12, 1, 9, 0)) == paris(2026, 12, 1, 8, 0)
+    assert plan.awake_opened(paris(2026, 12, 1, 12, 30)) is None
+    assert plan.awake_opened(paris(2026, 12, 1, 13, 30)) == paris(2026, 12, 1, 13, 0)  # started again after lunch
+    touching = AppSchedule(windows("mon-fri 07:00-19:00"), windows("20:00-07:00"))
+    assert touching.awake_opened(paris(2026, 12, 1, 8, 0)) == paris(2026, 12, 1, 7, 0)
