@@ -17,6 +17,7 @@ import requests
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from tests.redis_support import SHARED_URL
 from tests.support import PYTHON, Gunicorn, free_port, local_app, port_open, starts, wait_until, write_config
 
 pytestmark = pytest.mark.e2e
@@ -319,3 +320,20 @@ def test_an_upgrade_with_a_body_reaches_a_plain_http_app_which_answers_as_usual(
     assert ["Upgrade", "websocket"] in seen["headers"]
     chunked = paastis.request("POST", "/echo", headers=upgrade, data=iter([body[:1000], body[1000:]]))
     assert chunked.status_code == 200 and chunked.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_with_redis_a_websocket_on_one_instance_keeps_the_app_awake_for_all(tmp_path, gunicorn_factory, prefix):
+    app, port = ws_app(tmp_path)
+    write_config(tmp_path, [app])
+    shared = {**IDLE, "REGISTRY_TYPE": "redis", "REGISTRY_REDIS_URL": SHARED_URL, "REGISTRY_REDIS_PREFIX": prefix}
+    leader = gunicorn_factory(shared, name="leader")
+    wait_until(lambda: "now leading the idle checks" in leader.logs(), 20, what="the first instance to lead")
+    other = gunicorn_factory(shared, name="other")  # the WebSocket goes through it; the leader must see its traffic
+    ws = open_ws(other)
+    for index in range(25):  # 10 s of traffic, over three idle times
+        ws.send(f"tick {index}")
+        assert ws.recv(timeout=30) == f"tick {index}"
+        threading.Event().wait(0.4)
+    assert port_open(port) and starts(tmp_path) == 1
+    assert closed_with(ws) == 1001  # once quiet: the leader stops the app, and the other instance says "going away"
+    wait_until(lambda: not port_open(port), 20, what="the quiet app to be stopped")
