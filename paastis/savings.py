@@ -55,14 +55,8 @@ PRICES: dict[str, tuple[str, dict[str, float]]] = {
         },
     ),
 }
-STATE_TYPES = (
-    ev.APP_STARTED,
-    ev.APP_REGISTERED,
-    ev.APP_STOPPED,
-    ev.APP_UNREGISTERED,
-    ev.APP_WOULD_STOP,
-    ev.APP_WOULD_START,
-)
+STATE_TYPES = (ev.APP_STARTED, ev.APP_REGISTERED, ev.APP_STOPPED, ev.APP_UNREGISTERED)
+WOULD_TYPES = (ev.APP_WOULD_STOP, ev.APP_WOULD_START)
 WOULD_ENDS = (ev.APP_WOULD_START, ev.APP_STARTED, ev.APP_STOPPED, ev.APP_UNREGISTERED)
 DEFAULT_PERIOD = timedelta(days=30)
 METRICS_CACHE = 30.0  # seconds a computation of all-time totals serves Prometheus scrapes
@@ -183,7 +177,7 @@ class Savings:
         """
         until = min(until or utcnow(), utcnow())
         since = since or until - DEFAULT_PERIOD
-        times = measure(self.events.history(since, until, STATE_TYPES, app), since, until)
+        times = measure(self.history(since, until, app), since, until)
         apps = [self._app_report(name, t) for name, t in sorted(times.items())]
         priced = [a for a in apps if a["price_per_hour"] is not None]
         return {
@@ -217,6 +211,14 @@ class Savings:
             "money_would_save": None if price is None else _round(would * price, 2),
         }
 
+    def history(self, since: datetime, until: datetime, app: str | None = None) -> list[Event]:
+        """The events that change an app's state, and apart those of the dry run, oldest first.
+
+        Asked apart so that each app's state *and* its dry-run state when the period begins are known.
+        """
+        found = [e for types in (STATE_TYPES, WOULD_TYPES) for e in self.events.history(since, until, types, app)]
+        return sorted(found, key=lambda event: event.timestamp)
+
     def price(self, key: str) -> tuple[float | None, str | None]:
         """A rule's ``cost_per_month`` wins; else the built-in table and the formation remembered at the last stop."""
         monthly = self.rules.policy(key).cost_per_month
@@ -231,8 +233,8 @@ class Savings:
         with self._lock:
             if self._totals is None or time.monotonic() - self._totals[0] >= METRICS_CACHE:
                 until = utcnow()
-                history = self.events.history(datetime.fromtimestamp(0, until.tzinfo), until, STATE_TYPES)
-                self._totals = (time.monotonic(), measure(history, datetime.fromtimestamp(0, until.tzinfo), until))
+                epoch = datetime.fromtimestamp(0, until.tzinfo)
+                self._totals = (time.monotonic(), measure(self.history(epoch, until), epoch, until))
             return self._totals[1]
 
     def collect(self) -> Iterator[CounterMetricFamily]:

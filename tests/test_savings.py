@@ -9,7 +9,7 @@ import pytest
 from paastis.events import Event, InMemoryEventStore
 from paastis.marks import InMemoryMarks
 from paastis.registry import InMemoryRegistry
-from paastis.savings import HOURS_PER_MONTH, STATE_TYPES, Savings, measure, price_per_hour
+from paastis.savings import HOURS_PER_MONTH, Savings, measure, price_per_hour
 from tests.test_rules import rules
 
 DAY = datetime(2026, 11, 2, tzinfo=UTC)
@@ -83,7 +83,6 @@ def test_the_report_uses_cost_per_month_and_totals_priced_apps():
     assert report["total"]["asleep_hours"] == 13.5 and report["total"]["awake_hours"] == 10.5 + 19
     only_api = savings.report(at(0), at(24), app="api")
     assert [a["app"] for a in only_api["apps"]] == ["api"]
-    assert store.history(at(0), at(24), STATE_TYPES)  # the report read the store's history
 
 
 def test_the_daily_summary_is_logged_once_per_day(paastis_caplog):
@@ -104,3 +103,13 @@ def test_a_formation_with_a_size_missing_has_no_price():
     assert price_per_hour("scalingo", memo, "EUR")[0] is None
     stopped_worker = {"containers": [{"name": "web", "amount": 1, "size": "M"}, {"name": "worker", "amount": 0}]}
     assert price_per_hour("scalingo", stopped_worker, "EUR")[0] == pytest.approx(14.40 / HOURS_PER_MONTH)
+
+
+def test_a_period_starting_while_an_app_is_awake_and_held_asleep_by_a_dry_run_counts_both():
+    store = InMemoryEventStore()
+    store.add(ev("APP_STARTED", "shop", -3, "request"))
+    store.add(ev("APP_WOULD_STOP", "shop", -2))  # the latest event before the period: the app is still awake
+    store.add(ev("APP_WOULD_START", "shop", 6, "request"))
+    savings = Savings(store, InMemoryRegistry(), rules([]), "local", "EUR", "UTC", True, InMemoryMarks())
+    (shop,) = savings.report(at(0), at(10))["apps"]
+    assert shop["awake_hours"] == pytest.approx(10) and shop["would_sleep_hours"] == pytest.approx(6)
