@@ -7,12 +7,12 @@ from datetime import timedelta
 
 import pytest
 
-from paastis import build_event_store
+from paastis import build_event_store, create_app
 from paastis.config import ConfigError, Settings
 from paastis.events import Event, EventStoreUnavailable
 from paastis.registry import utcnow
 from tests.pg_support import rows
-from tests.support import free_port
+from tests.support import free_port, local_app, write_config
 
 
 def store_for(url: str):
@@ -68,3 +68,23 @@ def test_an_unreachable_database_is_reported_not_fatal_and_the_url_never_logged(
 def test_postgres_needs_a_database_url():
     with pytest.raises(ConfigError, match="EVENTS_STORE_TYPE=postgres needs DATABASE_URL"):
         Settings.from_env({"EVENTS_STORE_TYPE": "postgres"}, dotenv=False)
+
+
+def test_apps_are_woken_and_served_while_postgresql_is_unreachable(tmp_path, paastis_caplog):
+    app, _ = local_app(tmp_path)
+    config = write_config(tmp_path, [app])
+    env = {
+        "PAASTIS_CONFIG_FILE": str(config),
+        "PAASTIS_STATE_DIR": str(tmp_path / "state"),
+        "EVENTS_STORE_TYPE": "postgres",
+        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere",
+    }
+    flask_app = create_app(Settings.from_env(env, dotenv=False))
+    paastis = flask_app.extensions["paastis"]
+    try:
+        response = flask_app.test_client().get("/echo", headers={"Host": "demo.localhost"})
+        assert response.status_code == 200 and response.get_json()["path"] == "/echo"
+        assert "could not record event APP_STARTED for demo" in paastis_caplog.text
+    finally:
+        paastis.provider.stop(paastis.directory.resolve("demo"))
+        paastis.close()
