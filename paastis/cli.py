@@ -49,7 +49,7 @@ def dotenv_value(name: str) -> str | None:
     if value:
         return value
     if Path(".env").is_file():
-        return dotenv_values(".env").get(name) or None
+        return dotenv_values(".env", interpolate=False).get(name) or None  # as the service reads it
     return None
 
 
