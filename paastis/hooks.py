@@ -90,14 +90,18 @@ class HookRunner:
         except subprocess.TimeoutExpired:
             _kill_group(process)
             relay.join(timeout=1)
-            log.error("hook %s for app %s timed out after %gs and was killed", hook, app, self.timeout)
+            log.error(
+                "hook %s for app %s timed out after %gs and was killed", hook, app, self.timeout, extra={"app": app}
+            )
             return False
         relay.join(timeout=1)
         elapsed = time.monotonic() - started
         if code != 0:
-            log.error("hook %s for app %s exited with code %d after %.2fs", hook, app, code, elapsed)
+            log.error(
+                "hook %s for app %s exited with code %d after %.2fs", hook, app, code, elapsed, extra={"app": app}
+            )
             return False
-        log.info("hook %s for app %s succeeded in %.2fs", hook, app, elapsed)
+        log.info("hook %s for app %s succeeded in %.2fs", hook, app, elapsed, extra={"app": app})
         return True
 
 
@@ -105,7 +109,7 @@ def _relay_output(process: subprocess.Popen, app: str, hook: str) -> None:
     """Send the hook's output to the log line by line, tagged so it can be traced."""
     assert process.stdout is not None
     for raw in process.stdout:
-        log.info("[hook %s app=%s] %s", hook, app, raw.decode(errors="replace").rstrip())
+        log.info("[hook %s app=%s] %s", hook, app, raw.decode(errors="replace").rstrip(), extra={"app": app})
     process.stdout.close()
 
 
