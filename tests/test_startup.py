@@ -274,12 +274,13 @@ def test_json_logs_cover_gunicorn_lines_with_pid_and_app(tmp_path, instance):
             "PAASTIS_STATE_DIR": str(tmp_path / "state"),
             "LOG_FORMAT": "json",
             "PAASTIS_ACCESS_LOG": "-",
+            "HOOKS_AFTER_START": "echo warmed",
         }
     )
     wait_until(lambda: port_open(port), 30, what="gunicorn to listen")
     response = requests.get(f"http://127.0.0.1:{port}/echo", headers={"Host": "demo.localhost"}, timeout=60)
     assert response.status_code == 200
-    wait_until(lambda: "/echo" in paastis.text(), 10, what="the access line")
+    wait_until(lambda: "/echo" in paastis.text() and "warmed" in paastis.text(), 10, what="access and hook lines")
     paastis.stop()
     lines = [line for line in paastis.text().splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]  # every line is JSON: any other fails here
@@ -290,3 +291,5 @@ def test_json_logs_cover_gunicorn_lines_with_pid_and_app(tmp_path, instance):
     assert access and all(record["app"] == "demo" for record in access)
     ready = [record for record in records if record["message"].startswith("demo is ready after")]
     assert ready and ready[0]["app"] == "demo"
+    hook = [record for record in records if record["message"].endswith("] warmed")]
+    assert hook and hook[0]["app"] == "demo"
