@@ -361,6 +361,8 @@ def serve(lifecycle: Lifecycle, proxy: Proxy, registry: Any, gate: SleepGate | N
     except BadHost as error:
         return error_response(400, str(error))
     except NoAppKey as error:
+        if VIA in request.headers.get("Via", ""):  # an app whose upstream is paastis's own address
+            return error_response(508, f"request loop: Host {error.host!r} leads back to paastis (is it an upstream?)")
         return error_response(404, routing_help(error.host, _example_app(lifecycle)))
     with about_app(key):
         return _serve_key(lifecycle, proxy, registry, gate, key)

@@ -207,7 +207,8 @@ def test_upload_with_content_length_keeps_it(paastis):
 
 def test_an_app_whose_upstream_is_paastis_itself_is_a_508_not_a_loop(tmp_path):
     paastis = Gunicorn({"PAASTIS_CONFIG_FILE": str(tmp_path / "paastis.yml")}, tmp_path)
-    # The app's upstream is paastis, and the Host paastis sends it ("127.0.0.1:<port>") names the app again.
+    # The app's upstream is paastis: what paastis sends it carries Via, so whatever its Host ("127.0.0.1:<port>",
+    # which names no app), paastis answers 508 instead of serving it again.
     write_config(
         tmp_path, [{"name": "127", "url": f"http://127.0.0.1:{paastis.port}", "start": "true", "stop": "true"}]
     )
