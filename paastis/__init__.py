@@ -71,8 +71,8 @@ class Paastis:
 
     def close(self) -> None:
         """Stop the supervisor and release sessions; tests build and close many instances."""
+        self.upgrades.close()  # first: WebSockets get their Close frame (1001) at once, while the registry works
         self.supervisor.stop()
-        self.upgrades.close()  # WebSockets get their Close frame (1001) while the registry still works
         self.proxy.close()
         self.lifecycle.close()
         self.provider.close()
