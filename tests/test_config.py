@@ -44,6 +44,8 @@ def test_decimal_idle_time_and_original_logging_name():
         ({"REGISTRY_TYPE": "redis"}, "REGISTRY_REDIS_URL"),
         ({"HOOKS_STRICT": "maybe"}, "HOOKS_STRICT='maybe' must be true or false"),
         ({"ROUTING_SYSTEM_API_ENABLED": "true", "ROUTING_SYSTEM_API_TOKEN": "short"}, "ROUTING_SYSTEM_API_TOKEN"),
+        ({"WEBSOCKET_IDLE_TIMEOUT": "0"}, "WEBSOCKET_IDLE_TIMEOUT='0' must be a number > 0"),
+        ({"MAX_WEBSOCKETS": "lots"}, "MAX_WEBSOCKETS='lots' is not a whole number"),
     ],
 )
 def test_bad_values_name_variable_value_and_expectation(env, fragment):
@@ -51,6 +53,12 @@ def test_bad_values_name_variable_value_and_expectation(env, fragment):
         settings(**env)
     assert fragment in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_websocket_settings_default_to_the_apps_idle_time_and_ten_thousand():
+    assert settings().websocket_idle_timeout is None and settings().max_websockets == 10_000
+    tuned = settings(WEBSOCKET_IDLE_TIMEOUT="2.5", MAX_WEBSOCKETS="500")
+    assert tuned.websocket_idle_timeout == 2.5 and tuned.max_websockets == 500
 
 
 def test_secret_values_never_appear_in_the_settings_repr():

@@ -337,3 +337,17 @@ def test_with_redis_a_websocket_on_one_instance_keeps_the_app_awake_for_all(tmp_
     assert port_open(port) and starts(tmp_path) == 1
     assert closed_with(ws) == 1001  # once quiet: the leader stops the app, and the other instance says "going away"
     wait_until(lambda: not port_open(port), 20, what="the quiet app to be stopped")
+
+
+def test_a_manual_stop_closes_even_busy_connections_with_1001_first(tmp_path, gunicorn_factory):
+    app, port = ws_app(tmp_path)
+    write_config(tmp_path, [app])
+    paastis = gunicorn_factory(ADMIN)
+    ws = open_ws(paastis)
+    ws.send("busy")
+    assert ws.recv(timeout=30) == "busy"
+    headers = {"PaastisProxyTarget": "system", "Authorization": f"Bearer {TOKEN}"}
+    assert requests.post(paastis.url + "/apps/demo/stop", headers=headers, timeout=60).status_code == 200
+    assert closed_with(ws) == 1001
+    assert "/echo 1001" in closes(tmp_path)  # told before it was stopped
+    assert not port_open(port)
