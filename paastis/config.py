@@ -7,6 +7,7 @@ what was expected, so that a typo stops the process before it serves anything.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -337,12 +338,18 @@ class Settings:
             upstream_connect_timeout=env.number("UPSTREAM_CONNECT_TIMEOUT", 5.0),
             upstream_read_timeout=env.number("UPSTREAM_READ_TIMEOUT", 300.0),
             max_in_flight_per_app=env.integer("MAX_IN_FLIGHT_PER_APP", max(1, threads // 2)),
-            host=env.get("HOST", "0.0.0.0"),
+            host=read_host(env),
             port=env.port("PORT", 3000),
             web_concurrency=env.integer("WEB_CONCURRENCY", 2) if env.is_set("WEB_CONCURRENCY") else None,
             access_log=env.get("PAASTIS_ACCESS_LOG"),
             env=env,
         )
+
+    @property
+    def bind(self) -> str:
+        """gunicorn's ``bind``: ``HOST:PORT``, an IPv6 address in brackets."""
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"{host}:{self.port}"
 
     @property
     def workers(self) -> int:
@@ -432,3 +439,17 @@ def read_config_file_name(env: Env) -> Path:
         what = "a directory, not a file" if path.is_dir() else "no such file"
         raise ConfigError(f"PAASTIS_CONFIG_FILE={raw!r}: {what}{where}")
     return path
+
+
+HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
+def read_host(env: Env) -> str:
+    """``HOST``: the address gunicorn binds, an IP address or a host name."""
+    host = env.get("HOST", "0.0.0.0")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        if not HOST_NAME.fullmatch(host) or ".." in host:
+            raise ConfigError(f"HOST={host!r} must be an IP address (0.0.0.0, 127.0.0.1, ::) or a host name") from None
+    return host

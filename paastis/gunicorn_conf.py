@@ -42,7 +42,7 @@ except ConfigError as error:
     sys.exit(1)
 _settings = _checked.settings
 
-bind = f"{_settings.host}:{_settings.port}"
+bind = _settings.bind
 worker_class = "paastis.worker.PaastisWorker"  # gthread, reading request heads without holding a thread
 workers = _settings.workers
 threads = _settings.threads

@@ -36,7 +36,7 @@ def refused_start(tmp_path: Path, env: dict[str, str], files: dict[str, str]) ->
     return subprocess.run(
         gunicorn_args(),
         cwd=tmp_path,
-        env=clean_env(PORT=str(free_port()), HOST="127.0.0.1", **env),
+        env=clean_env(**{"PORT": str(free_port()), "HOST": "127.0.0.1", **env}),
         capture_output=True,
         text=True,
         timeout=60,
@@ -48,6 +48,7 @@ def refused_start(tmp_path: Path, env: dict[str, str], files: dict[str, str]) ->
     ("env", "files", "line"),
     [
         ({"PAASTIS_THREADS": "0"}, {}, "PAASTIS_THREADS='0' must be a whole number >= 1"),
+        ({"HOST": "not a host!"}, {}, "HOST='not a host!' must be an IP address"),
         ({}, {".env": "WEB_CONCURRENCY=two\n"}, "WEB_CONCURRENCY='two' is not a whole number"),
         ({}, {".env": "PAASTIS_THREADS=lots\n"}, "PAASTIS_THREADS='lots' is not a whole number"),
         (
