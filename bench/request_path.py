@@ -71,6 +71,7 @@ def report(paastis: Paastis, flask_app: Flask) -> None:
             "system API check": lambda: paastis_proxy.is_system_request(request),
             "Host -> app key": lambda: app_key_from_host("fast.localhost"),
             "resolve (directory)": lambda: lifecycle.resolve("fast"),
+            "sleep gate (passive visitor? window?)": lambda: paastis.gate.screen(request, app, lambda: True),
             "linked group + is_awake + touch linked": lambda: awake_and_touch(lifecycle, registry, app),
             "in-flight begin + end": lambda: registry.end_request("fast", registry.begin_request("fast")),
             "metrics counter": lambda: proxy.metrics.proxied_requests.labels("fast", "200").inc(),

@@ -56,12 +56,12 @@ class SleepGate:
     def screen(self, req: Request, app: AppInfo, awake: Callable[[], bool]) -> Response | object | None:
         policy = self.rules.policy(app.key)
         passive = self.visitors.is_passive(req.headers.get("User-Agent"), req.path, policy.passive_paths)
-        now = self.clock()
         asleep_until = None
         if policy.schedule is not None and not self.dry_run:
-            asleep_until = policy.schedule.refuses_wake(now)
+            asleep_until = policy.schedule.refuses_wake(self.clock())
         if not passive and asleep_until is None:
             return None
+        now = self.clock()
         if passive:
             if asleep_until is None and awake():
                 self.metrics.passive_requests.labels(app.key, "proxied").inc()
