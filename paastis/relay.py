@@ -74,6 +74,7 @@ class Tunnel:
         self.last_traffic_at = time.time()
         self.deadline: float | None = None  # once ending: closed at this time however far it got
         self.going_away = False
+        self.counts = True  # a passive visitor's connection neither wakes nor keeps the app awake
 
     def ends(self) -> tuple[End, End]:
         return self.client, self.upstream
@@ -158,14 +159,17 @@ class Relay:
         head: bytes,
         to_client: bytes = b"",
         to_upstream: bytes = b"",
+        counts: bool = True,
     ) -> None:
         """Take over a connection whose handshake succeeded (uses a place booked by :meth:`reserve`).
 
         ``head`` is the app's 101 answer, ``to_client`` what the app sent after it, and
-        ``to_upstream`` what the client sent after its request: all go out first.
+        ``to_upstream`` what the client sent after its request: all go out first. A passive
+        visitor's connection (``counts=False``) is relayed, but never counts as activity.
         """
-        token = self.registry.begin_request(app)
+        token = self.registry.begin_request(app) if counts else None
         tunnel = Tunnel(app, client, upstream, websocket, token)
+        tunnel.counts = counts
         tunnel.client.out += head
         tunnel.deliver(tunnel.client, to_client)
         tunnel.deliver(tunnel.upstream, to_upstream)
@@ -302,7 +306,7 @@ class Relay:
             if not data:
                 self._ended(tunnel, end)
                 return
-            if not tunnel.going_away:
+            if tunnel.counts and not tunnel.going_away:
                 self._traffic(tunnel)
             tunnel.deliver(end.peer, data)
             self._flush(tunnel, end.peer)

@@ -110,7 +110,7 @@ class Upgrades:
                 continue
             status = status_code(head)
             if status == 101:
-                return self._switch(app, sock, head, rest, takeover)
+                return self._switch(app, sock, head, rest, takeover, counts=wake)
             if wake and attempt == 1 and body is None and lifecycle.router_says_down(app, status):
                 sock.close()
                 log.info("the platform says %s is down: waking it", app.key)
@@ -167,8 +167,13 @@ class Upgrades:
             raise UpstreamError(502, f"did not answer: {error}") from None
         return sock
 
-    def _switch(self, app: AppInfo, sock: socket.socket, head: bytes, rest: bytes, takeover: Any) -> Response:
-        """The app said 101: the client gets it verbatim, and the relay both sockets."""
+    def _switch(
+        self, app: AppInfo, sock: socket.socket, head: bytes, rest: bytes, takeover: Any, counts: bool
+    ) -> Response:
+        """The app said 101: the client gets it verbatim, and the relay both sockets.
+
+        A passive visitor's connection (``counts=False``) never counts as the app's activity.
+        """
         chosen = header_value(head, "Upgrade").strip().lower()
         if chosen not in {token.lower() for token in upgrade_tokens(request)}:
             sock.close()
@@ -178,7 +183,14 @@ class Upgrades:
             """Runs once this request is over (its bulkhead place and in-flight count given back)."""
             try:
                 self.relay.adopt(
-                    app.key, client, sock, websocket=websocket, head=head, to_client=rest, to_upstream=pending
+                    app.key,
+                    client,
+                    sock,
+                    websocket=websocket,
+                    head=head,
+                    to_client=rest,
+                    to_upstream=pending,
+                    counts=counts,
                 )
             except BaseException:
                 sock.close()

@@ -351,3 +351,21 @@ def test_a_manual_stop_closes_even_busy_connections_with_1001_first(tmp_path, gu
     assert closed_with(ws) == 1001
     assert "/echo 1001" in closes(tmp_path)  # told before it was stopped
     assert not port_open(port)
+
+
+def test_a_passive_visitors_websocket_does_not_keep_the_app_awake(tmp_path, gunicorn_factory):
+    app, port = ws_app(tmp_path)
+    write_config(tmp_path, [app])
+    paastis = gunicorn_factory({**IDLE, "PAASTIS_PASSIVE_USER_AGENTS": "probe-bot"})
+    with open_ws(paastis) as ws:  # a real visitor wakes the app, then leaves
+        ws.send("hello")
+        assert ws.recv(timeout=30) == "hello"
+    probe = open_ws(paastis, additional_headers={"User-Agent": "probe-bot/1.0"})
+    with pytest.raises(ConnectionClosed):
+        for index in range(100):  # talks all along: 40 s, far past the app's 3 s idle time
+            probe.send(f"tick {index}")
+            assert probe.recv(timeout=30) == f"tick {index}"
+            threading.Event().wait(0.4)
+    assert probe.protocol.close_rcvd.code == 1001
+    wait_until(lambda: not port_open(port), 20, what="the app to be stopped")
+    assert starts(tmp_path) == 1
