@@ -207,10 +207,9 @@ def test_pip_install_gives_the_command_and_the_dashboard_files(tmp_path):
         wait_until(lambda: port_open(port) or server.poll() is not None, 30, what="paastis serve listening")
         response = requests.get(f"http://127.0.0.1:{port}/echo", headers={"Host": "demo.localhost"}, timeout=30)
         assert response.status_code == 200 and response.json()["path"] == "/echo"
-        logs = (tmp_path / "serve.log").read_text()
-        assert (
-            "paastis ready: provider=local" in logs and '"GET /echo HTTP/1.1" 200' in logs
-        )  # the option reached gunicorn
+        served_log = tmp_path / "serve.log"  # the worker writes its access line after answering: wait for it
+        wait_until(lambda: '"GET /echo HTTP/1.1" 200' in served_log.read_text(), what="the access log line")
+        assert "paastis ready: provider=local" in served_log.read_text()  # and --access-logfile reached gunicorn
         argv = Path(f"/proc/{server.pid}/cmdline").read_bytes().split(b"\0")  # gunicorn replaced the command
         assert f"{target}/paastis/gunicorn_conf.py".encode() in argv and b"paastis.wsgi:app" in argv
     finally:
