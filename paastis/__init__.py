@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flask import Flask
 from gunicorn.http.errors import NoMoreData, ParseException
@@ -16,9 +17,8 @@ from .config import ConfigError, Settings
 from .dashboard import Dashboard, init_dashboard
 from .directory import Directory
 from .dry_run import DryRun
-from .events import EventStore, InMemoryEventStore, RedisEventStore
+from .events import EventStore, InMemoryEventStore
 from .hooks import HookRunner
-from .leader import ClusterLocks, RedisLeadership
 from .lifecycle import Lifecycle
 from .marks import InMemoryMarks, Marks, RedisMarks
 from .metrics import Metrics
@@ -26,8 +26,6 @@ from .passive import PassiveVisitors
 from .providers import Provider, build_provider
 from .proxy import Proxy, client_body_failure
 from .proxy import bp as proxy_blueprint
-from .redis_link import RedisLink, redis_client
-from .redis_registry import RedisRegistry
 from .registry import InMemoryRegistry, Registry
 from .relay import Relay
 from .rules import Rules, load_config_file
@@ -40,6 +38,10 @@ from .upgrade import Upgrades
 from .waiting import WaitingRoom, duration
 from .wake_times import WakeTimes
 from .worker import ClientBodyTimeout
+
+if TYPE_CHECKING:  # redis-py is only imported by instances that use Redis
+    from .lifecycle.waker import ClusterLock
+    from .redis_link import RedisLink
 
 __all__ = ["ConfigError", "Paastis", "Settings", "create_app"]
 
@@ -68,6 +70,7 @@ class Paastis:
     gate: SleepGate
     savings: Savings  # the dashboard calls savings.report(since, until, app)
     dashboard: Dashboard | None = None  # only with PAASTIS_DASHBOARD_HOST
+    redis_link: RedisLink | None = None  # the one Redis connection state, shared by everything using Redis
 
     def close(self) -> None:
         """Stop the supervisor and release sessions; tests build and close many instances."""
@@ -78,6 +81,8 @@ class Paastis:
         self.provider.close()
         self.registry.close()
         self.events.close()
+        if self.redis_link is not None:
+            self.redis_link.close()
 
 
 def create_app(settings: Settings | None = None, *, start_supervisor: bool = False) -> Flask:
@@ -91,9 +96,10 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
     config = load_config_file(settings.config_file)
     metrics = Metrics()
     rules = Rules(settings, config.get("rules"))
-    provider = build_provider(settings, config, metrics)
-    registry = build_registry(settings)
-    events = build_event_store(settings)
+    redis_link = build_redis_link(settings)
+    provider = build_provider(settings, config, metrics, redis_link)
+    registry = build_registry(settings, redis_link)
+    events = build_event_store(settings, redis_link)
     directory = Directory(provider, rules, settings.directory_ttl)
     hooks = HookRunner(
         provider=provider.name,
@@ -102,7 +108,7 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
         strict=settings.hooks_strict,
         on_result=metrics.hook_result,
     )
-    marks = build_marks(registry)
+    marks = build_marks(settings, redis_link)
     dry_run = DryRun(registry, events, marks) if settings.dry_run else None
     ca_bundle = settings.env.get("REQUESTS_CA_BUNDLE") or settings.env.get("CURL_CA_BUNDLE")
     relay = Relay(registry, metrics, websocket_idle_timeout(settings, rules), settings.max_websockets)
@@ -118,7 +124,8 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
         operation_timeout=settings.provider_operation_timeout(provider.name),
         dry_run=dry_run,
         close_connections=upgrades.close_app,
-        **({"cluster_lock": ClusterLocks(registry.link)} if isinstance(registry, RedisRegistry) else {}),
+        stop_concurrency=settings.stop_concurrency,
+        **({"cluster_lock": lock} if (lock := build_cluster_lock(settings, redis_link)) else {}),
     )
     savings = Savings(
         events, registry, rules, provider.name, settings.currency, settings.timezone, settings.dry_run, marks
@@ -128,7 +135,7 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
     jobs = [("schedule", runner.tick), ("savings summary", savings.log_daily_summary)]
     if dry_run is not None:
         jobs.append(("dry run", dry_run.tick))
-    leadership = build_leadership(settings, registry)
+    leadership = build_leadership(settings, redis_link)
     supervisor = Supervisor(
         lifecycle, settings.checking_interval, leadership, metrics, jobs, cron=settings.checking_cron
     )
@@ -160,6 +167,7 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
         WaitingRoom(wake_times),
         gate,
         savings,
+        redis_link=redis_link,
     )
     app.cli.add_command(cli)
     app.add_template_filter(duration)
@@ -185,29 +193,51 @@ def websocket_idle_timeout(settings: Settings, rules: Rules) -> Callable[[str], 
     return lambda key: rules.policy(key).max_idle_time * 60
 
 
-def build_registry(settings: Settings) -> Registry:
+def build_redis_link(settings: Settings) -> RedisLink | None:
+    """One connection state for everything that uses Redis (registry, locks, events, rate limit), if anything does."""
+    if "redis" not in (settings.registry_type, settings.events_store_type):
+        return None
+    from .redis_link import RedisLink
+
+    assert settings.redis_url is not None  # Settings refuses redis without a URL
+    return RedisLink(settings.redis_url, settings.redis_prefix, settings.redis_socket_timeout)
+
+
+def build_registry(settings: Settings, link: RedisLink | None = None) -> Registry:
     """In memory (one process), or in Redis (shared by every worker of every instance)."""
     if settings.registry_type != "redis":
         return InMemoryRegistry()
-    assert settings.redis_url is not None  # Settings refuses redis without a URL
-    return RedisRegistry(RedisLink(settings.redis_url, settings.redis_prefix, settings.redis_socket_timeout))
+    from .redis_registry import RedisRegistry
+
+    return RedisRegistry(link or build_redis_link(settings))
 
 
-def build_marks(registry: Registry) -> Marks:
+def build_marks(settings: Settings, link: RedisLink | None) -> Marks:
     """The leader's notes live where the registry lives, so that a new leader reads them."""
-    if isinstance(registry, RedisRegistry):
-        return RedisMarks(registry.link)
+    if settings.registry_type == "redis" and link is not None:
+        return RedisMarks(link)
     return InMemoryMarks()
 
 
-def build_leadership(settings: Settings, registry: Registry) -> Leadership:
+def build_leadership(settings: Settings, link: RedisLink | None) -> Leadership:
     """Who runs the idle checks: the only process (in memory), or the holder of a lock in Redis."""
-    if isinstance(registry, RedisRegistry):
-        return RedisLeadership(registry.link, settings.supervisor_lock_ttl)
-    return SoleLeader()
+    if settings.registry_type != "redis" or link is None:
+        return SoleLeader()
+    from .leader import RedisLeadership
+
+    return RedisLeadership(link, settings.supervisor_lock_ttl)
 
 
-def build_event_store(settings: Settings) -> EventStore:
+def build_cluster_lock(settings: Settings, link: RedisLink | None) -> ClusterLock | None:
+    """Per-app locks across instances, when they share a Redis registry (else each instance is alone)."""
+    if settings.registry_type != "redis" or link is None:
+        return None
+    from .leader import ClusterLocks
+
+    return ClusterLocks(link, settings.cluster_lock_ttl)
+
+
+def build_event_store(settings: Settings, link: RedisLink | None = None) -> EventStore:
     """In memory, a Redis stream under the registry's prefix that every instance shares, or PostgreSQL."""
     if settings.events_store_type == "postgres":
         from .pg_events import PostgresEventStore  # psycopg is only imported by those who use it
@@ -216,6 +246,8 @@ def build_event_store(settings: Settings) -> EventStore:
         return PostgresEventStore(settings.database_url)
     if settings.events_store_type != "redis":
         return InMemoryEventStore(settings.events_max)
-    assert settings.redis_url is not None  # Settings refuses redis without a URL
-    client = redis_client(settings.redis_url, settings.redis_socket_timeout)  # fails fast: never holds a request
-    return RedisEventStore(client, f"{settings.redis_prefix}events", settings.events_max)
+    from .redis_events import RedisEventStore
+
+    own = link is None  # a store built alone (tests) has a link of its own, closed with it
+    link = link or build_redis_link(settings)
+    return RedisEventStore(link, f"{settings.redis_prefix}events", settings.events_max, owns_link=own)

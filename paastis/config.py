@@ -229,7 +229,9 @@ class Settings:
     port: int = 3000
     web_concurrency: int | None = None  # None: not set by the user
     access_log: str | None = None
+    cluster_lock_ttl: float = 30.0
     directory_ttl: float = 30.0
+    stop_concurrency: int = 4
     ignored_apps: tuple[str, ...] = ()
     allowed_apps: tuple[str, ...] = ()
     hooks: Mapping[str, str] = field(default_factory=dict)
@@ -313,7 +315,9 @@ class Settings:
             redis_prefix=env.get("REGISTRY_REDIS_PREFIX", "paastis:"),
             redis_socket_timeout=env.number("REGISTRY_REDIS_SOCKET_TIMEOUT", 0.5),
             supervisor_lock_ttl=env.number("SUPERVISOR_LOCK_TTL", 30.0),
+            cluster_lock_ttl=env.number("CLUSTER_LOCK_TTL", 30.0),
             directory_ttl=env.number("PROVIDER_DIRECTORY_TTL", 30.0, allow_zero=True),
+            stop_concurrency=env.integer("STOP_CONCURRENCY", 4),
             ignored_apps=tuple(env.csv("REGISTRY_IGNORED_APPS")),
             allowed_apps=tuple(env.csv("REGISTRY_ALLOWED_APPS")),
             hooks={

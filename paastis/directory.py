@@ -3,6 +3,11 @@
 The idle check refreshes it once per tick; the proxy reads it. A key missing from it
 triggers at most one refresh per ``PROVIDER_DIRECTORY_TTL``, so a flood of requests for
 random names cannot spend a provider's API quota: they get 404 from the cache.
+
+The maps are built aside and swapped in with one assignment: a reader sees the old list or
+the new one, never half of one, and takes no lock. A reader never waits on a listing another
+thread started (except for the very first one): while one is under way, a missing key is
+answered from the current list.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from .providers import AppInfo, Provider
 from .rules import Rules
@@ -18,77 +23,109 @@ from .rules import Rules
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Listing:
+    """One listing, indexed; never changed once published (edits publish a new one)."""
+
+    by_key: dict[str, AppInfo] = field(default_factory=dict)  # keys and aliases
+    by_name: dict[str, AppInfo] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, apps: list[AppInfo]) -> Listing:
+        by_key = {app.key: app for app in apps}
+        for app in apps:  # other labels an app answers to; a key always wins over another app's alias
+            for alias in app.aliases:
+                by_key.setdefault(alias, app)
+        return cls(by_key, {app.name: app for app in apps})
+
+    def without(self, key: str) -> Listing:
+        app = self.by_key.get(key)
+        if app is None:
+            return self
+        labels = {key, app.key, *app.aliases}
+        by_key = {k: a for k, a in self.by_key.items() if not (k in labels and a is app)}
+        by_name = {n: a for n, a in self.by_name.items() if a is not app}
+        return Listing(by_key, by_name)
+
+
 class Directory:
     def __init__(self, provider: Provider, rules: Rules, ttl: float):
         self.provider = provider
         self.rules = rules
         self.ttl = ttl
-        self._by_key: dict[str, AppInfo] = {}
-        self._by_name: dict[str, AppInfo] = {}
+        self._listing = Listing()
         self._refreshed_at: float | None = None
         self.last_error: str | None = None  # why the last listing failed, while it is the latest word
-        self._lock = threading.Lock()
-        self._gate = threading.Lock()
+        self._gate = threading.Lock()  # one listing at a time
+        self._edit = threading.Lock()  # publishing a listing vs. forgetting an app (no provider call under it)
 
     def refresh(self) -> list[AppInfo]:
         """List the provider's apps now (raises the provider's error, keeping the old list)."""
-        with self._lock:
-            try:
-                apps = self.provider.list_apps()
-            except Exception as error:
-                self.last_error = str(error)
-                raise
-            self.last_error = None
-            self._by_key = {app.key: app for app in apps}
-            for app in apps:  # other labels an app answers to; a key always wins over another app's alias
-                for alias in app.aliases:
-                    self._by_key.setdefault(alias, app)
-            self._by_name = {app.name: app for app in apps}
-            self._refreshed_at = time.monotonic()
-            return apps
+        with self._gate:
+            return self._list()
 
     def apps(self) -> list[AppInfo]:
         """The cached list, listing once if it was never filled."""
         if self._refreshed_at is None:
             self._refresh_quietly()
-        return [app for key, app in self._by_key.items() if key == app.key]
+        return [app for key, app in self._listing.by_key.items() if key == app.key]
+
+    def known_keys(self) -> set[str] | None:
+        """Every key and alias of the current list, without listing; None before the first listing."""
+        return None if self._refreshed_at is None else set(self._listing.by_key)
 
     def resolve(self, key: str) -> AppInfo | None:
         """The app a request key stands for: a rule's ``app_name``, else the key itself."""
         target = self.rules.policy(key).app_name
-        app = self._find(key, target)
-        if app is None and (self._stale() or self._gate.locked()):  # a refresh under way may bring it
+        app = self._find(self._listing, key, target)
+        if app is None and self._stale():
             self._refresh_quietly()
-            app = self._find(key, target)
+            app = self._find(self._listing, key, target)
         return app
 
     def forget(self, key: str) -> None:
         """The provider said 404 for this app: drop it until the next listing brings it back."""
-        with self._lock:
-            app = self._by_key.pop(key, None)
-            if app is not None:
-                self._by_name.pop(app.name, None)
-                for alias in app.aliases:
-                    if self._by_key.get(alias) is app:
-                        del self._by_key[alias]
+        with self._edit:
+            self._listing = self._listing.without(key)
 
-    def _find(self, key: str, target: str) -> AppInfo | None:
+    def _list(self) -> list[AppInfo]:
+        try:
+            apps = self.provider.list_apps()
+        except Exception as error:
+            self.last_error = str(error)
+            raise
+        listing = Listing.of(apps)  # built before anyone can see it
+        with self._edit:
+            self._listing = listing
+        self.last_error = None
+        self._refreshed_at = time.monotonic()
+        return apps
+
+    def _find(self, listing: Listing, key: str, target: str) -> AppInfo | None:
         """A key renamed by a rule keeps its own key (its policy, its registry entry) over the target app."""
         if target != key:
-            app = self._by_name.get(target) or self._by_key.get(target)
+            app = listing.by_name.get(target) or listing.by_key.get(target)
             return replace(app, key=key) if app is not None else None
-        return self._by_key.get(key)
+        return listing.by_key.get(key)
 
     def _stale(self) -> bool:
         return self._refreshed_at is None or time.monotonic() - self._refreshed_at >= self.ttl
 
     def _refresh_quietly(self) -> None:
-        """One refresh at a time; callers that queued behind it reuse its answer."""
-        with self._gate:
+        """List once, unless a listing is already under way: then answer from the current list.
+
+        Only before the first listing does a reader wait for another's: an empty list knows
+        nothing, and would turn every app into a 404.
+        """
+        if not self._gate.acquire(blocking=self._refreshed_at is None):
+            return
+        try:
             if not self._stale():
                 return
             self._refreshed_at = time.monotonic()  # a failed attempt counts too: no retry storm
             try:
-                self.refresh()
+                self._list()
             except Exception as error:  # noqa: BLE001 - logged; the cache stays as it was
                 log.warning("directory: could not list %s apps: %s", self.provider.name, error)
+        finally:
+            self._gate.release()

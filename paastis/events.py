@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import threading
-import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
-
-import redis
 
 from .registry import utcnow
 
@@ -148,90 +144,5 @@ class InMemoryEventStore:
         pass
 
 
-class RedisEventStore:
-    """A Redis stream under the registry's key prefix, trimmed to ``maximum`` entries.
-
-    Every instance appends to and reads the same stream, so the history is the fleet's.
-    History is best effort: after a failure, writes are skipped for ``RETRY_AFTER``
-    seconds so that an outage costs requests no Redis timeout at every start or stop.
-    """
-
-    RETRY_AFTER = 2.0
-    PAGE = 500
-    CLOCK_SKEW = timedelta(minutes=5)  # stream ids are Redis's clock, timestamps the instances'
-
-    def __init__(self, client: redis.Redis, key: str, maximum: int = 10_000):
-        self.client = client
-        self.key = key
-        self.maximum = maximum
-        self._failed_at: float | None = None
-
-    def add(self, event: Event) -> None:
-        if self._failed_at is not None and time.monotonic() - self._failed_at < self.RETRY_AFTER:
-            raise EventStoreUnavailable("redis was unreachable moments ago: event not recorded")
-        try:
-            self.client.xadd(self.key, {"event": json.dumps(event.to_json())}, maxlen=self.maximum, approximate=False)
-        except redis.RedisError as error:
-            self._failed_at = time.monotonic()
-            raise EventStoreUnavailable(f"redis: {type_name(error)}: {error}") from None
-        self._failed_at = None
-
-    def query(self, app=None, type=None, since=None, limit=100) -> list[Event]:
-        """Newest first, reading the stream backwards page by page until ``limit`` or ``since``."""
-        found: list[Event] = []
-        try:
-            for event in self._backwards(since):
-                if matches(event, app, type, since):
-                    found.append(event)
-                    if len(found) >= limit:
-                        break
-        except redis.RedisError as error:
-            raise EventStoreUnavailable(f"redis: {type_name(error)}: {error}") from None
-        return found
-
-    def history(self, since, until, types, app=None) -> list[Event]:
-        """The whole stream is read (it holds at most ``EVENTS_MAX`` entries): states begin before ``since``."""
-        try:
-            return history_of(self._backwards(None), since, until, types, app)
-        except redis.RedisError as error:
-            raise EventStoreUnavailable(f"redis: {type_name(error)}: {error}") from None
-
-    def _backwards(self, since: datetime | None) -> Iterator[Event]:
-        low = "-" if since is None else str(int((since - self.CLOCK_SKEW).timestamp() * 1000))
-        high = "+"
-        while True:
-            page = self.client.xrevrange(self.key, max=high, min=low, count=self.PAGE)
-            for _id, fields in page:
-                event = _decode(fields)
-                if event is not None:
-                    yield event
-            if len(page) < self.PAGE:
-                return
-            high = "(" + _as_str(page[-1][0])  # exclusive: continue below the last id seen
-
-    def healthy(self) -> bool:
-        try:
-            return bool(self.client.ping())
-        except redis.RedisError:
-            return False
-
-    def close(self) -> None:
-        self.client.close()
-
-
 def type_name(error: Exception) -> str:
     return type(error).__name__
-
-
-def _as_str(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _decode(fields: dict) -> Event | None:
-    """One stream entry; an entry written by something else is skipped, not fatal."""
-    raw = fields.get("event") or fields.get(b"event")
-    try:
-        return Event.from_json(json.loads(raw))
-    except (TypeError, ValueError, KeyError) as error:
-        log.warning("events: skipping an unreadable stream entry: %s", error)
-        return None

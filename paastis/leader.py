@@ -6,7 +6,9 @@ lapse; it is released only by its holder (compare-and-delete), and the other wor
 take it at each tick, so a leader killed without a word is replaced within the TTL.
 
 The per-app lock makes waking and stopping single-flight across instances: the instance
-that holds it calls the provider, the others wait for its result (see ``Lifecycle``).
+that holds it calls the provider, the others wait for its result (see ``paastis.lifecycle``).
+It is renewed while its work runs, however long that takes (``CLUSTER_LOCK_TTL`` is only how
+soon a dead holder's lock frees up).
 While Redis is down nothing leads (no app is stopped), and apps are woken by each
 instance's own single-flight, which is the best that can be done without a shared store.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -118,25 +121,32 @@ class RedisLeadership:
 
 
 class ClusterLocks:
-    """``cluster_lock(key, ttl)`` for :class:`~paastis.lifecycle.Lifecycle`: a per-app lock in Redis.
+    """``cluster_lock(key)`` for the lifecycle: a per-app lock in Redis that lives as long as its work.
 
     Yields True when this instance holds the lock (or Redis is down: single-instance logic),
-    False when another instance holds it.
+    False when another instance holds it. While held, a watchdog thread renews it every third
+    of ``ttl``, so a before-stop hook followed by a slow provider call never outlives it; it is
+    released by its holder (compare-and-delete), and expires ``ttl`` after its holder died.
     """
 
-    def __init__(self, link: RedisLink):
+    def __init__(self, link: RedisLink, ttl: float = 30.0):
         self.link = link
+        self.ttl_ms = max(3, int(ttl * 1000))
+        self._renew_script = link.client.register_script(RENEW_SCRIPT)
         self._release_script = link.client.register_script(RELEASE_SCRIPT)
+        self._held: dict[str, str] = {}  # lock name -> our token
+        self._lock = threading.Lock()
+        self._watchdog: threading.Thread | None = None
 
     @contextmanager
-    def __call__(self, key: str, ttl: float) -> Iterator[bool]:
+    def __call__(self, key: str) -> Iterator[bool]:
         if self.link.down:
             yield True
             return
         name = self.link.key("lock", key)
         token = uuid.uuid4().hex
         try:
-            acquired = bool(self.link.client.set(name, token, nx=True, px=max(1, int(ttl * 1000))))
+            acquired = bool(self.link.client.set(name, token, nx=True, px=self.ttl_ms))
         except redis.RedisError as error:
             self.link.failed(error)
             yield True
@@ -144,10 +154,46 @@ class ClusterLocks:
         if not acquired:
             yield False
             return
+        self._hold(name, token)
         try:
             yield True
         finally:
+            self._let_go(name)
             try:
                 self._release_script(keys=[name], args=[token])
             except redis.RedisError as error:
                 self.link.failed(error)  # it expires by itself
+
+    def _hold(self, name: str, token: str) -> None:
+        with self._lock:
+            self._held[name] = token
+            if self._watchdog is None or not self._watchdog.is_alive():
+                self._watchdog = threading.Thread(target=self._renew_loop, name="paastis-locks", daemon=True)
+                self._watchdog.start()
+
+    def _let_go(self, name: str) -> None:
+        with self._lock:
+            self._held.pop(name, None)
+
+    def _renew_loop(self) -> None:
+        """Renew every held lock every third of the TTL; ends when none is held."""
+        while True:
+            time.sleep(self.ttl_ms / 3000)
+            with self._lock:
+                held = dict(self._held)
+                if not held:
+                    self._watchdog = None
+                    return
+            for name, token in held.items():
+                self._renew(name, token)
+
+    def _renew(self, name: str, token: str) -> None:
+        try:
+            renewed = self._renew_script(keys=[name], args=[token, self.ttl_ms])
+        except redis.RedisError as error:
+            self.link.failed(error)  # tried again at the next round; the lock lapses if Redis stays away
+            return
+        if not renewed and name in self._held:
+            log.warning(
+                "lock %s expired while its work was running (Redis lost it, or it was not renewed in time)", name
+            )

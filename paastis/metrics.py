@@ -39,6 +39,18 @@ class Metrics:
             ["app", "outcome"],
             registry=r,
         )
+        self.idle_check_duration = Histogram(
+            "paastis_idle_check_duration_seconds",
+            "Duration of one idle check: the provider listing and the decisions (stops run after, concurrently)",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.idle_check_apps = Gauge(
+            "paastis_idle_check_apps",
+            "Apps seen by the last idle check, by state: listed, running, idle, stopping (queued or under way)",
+            ["state"],
+            registry=r,
+        )
 
     def provider_call(self, provider: str, operation: str, outcome: str) -> None:
         self.provider_calls.labels(provider, operation, outcome).inc()

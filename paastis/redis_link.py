@@ -1,9 +1,10 @@
 """One instance's connection to Redis, and what it knows about Redis being down.
 
-The registry, the leader lock and the per-app locks share it, so that an outage is
-noticed once, logged once (not once per request), and no request waits on a Redis that
-is known to be down: while it is down, callers on the request path skip Redis and use
-their local view, and a background thread probes it until it answers again.
+Everything that talks to Redis shares it: the registry, the leader lock, the per-app
+locks, the event stream and the provider's shared rate limiter. So an outage is noticed
+once and logged once (not once per request or per component), and recovery is logged once;
+no request waits on a Redis that is known to be down: while it is down, callers skip Redis
+and use their local view, and a background thread probes it until it answers again.
 """
 
 from __future__ import annotations
@@ -44,13 +45,15 @@ def redis_client(url: str, socket_timeout: float) -> redis.Redis:
 class RedisLink:
     """A Redis client under a key prefix, with outage bookkeeping."""
 
-    def __init__(self, url: str, prefix: str, socket_timeout: float):
+    def __init__(self, url: str, prefix: str, socket_timeout: float, retry_after: float = RETRY_AFTER):
         self.client = redis_client(url, socket_timeout)
         self.prefix = prefix
+        self.retry_after = retry_after
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lock = threading.Lock()
         self._down_since: float | None = None
         self._on_reconnect: list[Callable[[], None]] = []
+        self._closed = threading.Event()
 
     def key(self, *parts: str) -> str:
         """A key in our namespace; nothing outside ``prefix`` is ever read or written."""
@@ -65,15 +68,16 @@ class RedisLink:
         self._on_reconnect.append(callback)
 
     def failed(self, error: Exception) -> None:
-        """Record a failed command; only the first failure of an outage is logged."""
+        """Record a failed command; only the first failure of an outage is logged, and starts the prober."""
         with self._lock:
-            if self._down_since is not None:
+            if self._down_since is not None or self._closed.is_set():
                 return
             self._down_since = time.monotonic()
         log.warning(
             "redis: unreachable (%s): serving from this instance's local view until it answers again",
             _describe(error),
         )
+        threading.Thread(target=self._probe_until_back, name="paastis-redis-probe", daemon=True).start()
 
     def succeeded(self) -> None:
         """Record a command that worked; ends an outage (logged once) and re-syncs."""
@@ -103,7 +107,12 @@ class RedisLink:
         return True
 
     def close(self) -> None:
+        self._closed.set()
         self.client.close()
+
+    def _probe_until_back(self) -> None:
+        while not self._closed.wait(self.retry_after) and self.down:
+            self.probe()
 
 
 def _describe(error: Exception) -> str:

@@ -4,7 +4,8 @@ Keys (all under ``REGISTRY_REDIS_PREFIX``, nothing else in the database is touch
 
 - ``registry:apps``: hash, app key -> :class:`RunningApp` as JSON (ISO 8601 dates with offset);
 - ``registry:touched``: hash, app key -> JSON ISO date of a recent access (written at most
-  about once a second per app and instance, only while the app is registered);
+  about once a second per app and instance, only while the app is registered, and only if
+  newer than the stored one: an instance flushing late never moves time backwards);
 - ``registry:memos``: hash, app key -> JSON memo (outlives the app's stop);
 - ``registry:inflight:<key>``: sorted set, one member per instance serving the app, scored
   by the wall-clock time its entry expires, so a crashed instance cannot pin an app awake.
@@ -33,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import redis
@@ -49,12 +50,17 @@ FLUSH_INTERVAL = 1.0  # seconds between writes of last accesses and in-flight re
 IN_FLIGHT_TTL = 30.0  # seconds an in-flight entry lives without renewal (a crashed instance's fades)
 LINGER = 1.0  # seconds an in-flight entry stays after the last request, so a steady flow never rewrites it
 
-# Record an access only for an app that is still registered: a late flush after a stop
-# must not leave a stray field behind.
+# Record an access only for an app that is still registered (a late flush after a stop must
+# not leave a stray field behind), and only if it is newer than the one stored: instances
+# flush on their own schedules, and time must never move backwards. Dates are written at a
+# fixed width (UTC, microseconds), so comparing the strings compares the times.
 TOUCH_SCRIPT = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-  return 1
+  local stored = redis.call('HGET', KEYS[2], ARGV[1])
+  if not stored or stored < ARGV[2] then
+    redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+    return 1
+  end
 end
 return 0
 """
@@ -392,7 +398,8 @@ class RedisRegistry:
 
 
 def _date(when: datetime) -> str:
-    return json.dumps(when.isoformat())
+    """Fixed width, so that Redis can compare two dates as strings (see ``TOUCH_SCRIPT``)."""
+    return json.dumps(when.astimezone(UTC).isoformat(timespec="microseconds"))
 
 
 def _decode(key: str, raw: str | None, touched: str | None) -> RunningApp | None:

@@ -91,9 +91,7 @@ class InMemoryRegistry:
 
     def touch(self, key: str) -> None:
         with self._lock:
-            app = self._apps.get(key)
-            if app is not None:
-                self._apps[key] = replace(app, last_accessed_at=utcnow())
+            self._touch(key)
 
     def begin_request(self, key: str) -> object:
         with self._lock:
@@ -106,9 +104,7 @@ class InMemoryRegistry:
             self._in_flight[key] -= 1
             if self._in_flight[key] <= 0:
                 del self._in_flight[key]
-            app = self._apps.get(key)
-            if app is not None and when > app.last_accessed_at:
-                self._apps[key] = replace(app, last_accessed_at=when)
+            self._touch(key, when)
 
     def in_flight(self, key: str) -> int:
         return self._in_flight.get(key, 0)
@@ -123,6 +119,13 @@ class InMemoryRegistry:
     def clear(self) -> None:
         with self._lock:
             self._apps.clear()
+
+    def _touch(self, key: str, when: datetime | None = None) -> None:
+        """Time only moves forward, even if the wall clock steps back."""
+        app = self._apps.get(key)
+        when = when or utcnow()
+        if app is not None and when > app.last_accessed_at:
+            self._apps[key] = replace(app, last_accessed_at=when)
 
     def healthy(self) -> bool:
         return True

@@ -1,12 +1,13 @@
 """The directory: requests for unknown names are answered from a cache, not by listing again."""
 
+import threading
 from pathlib import Path
 
 from paastis.config import Settings
 from paastis.directory import Directory
 from paastis.providers.local import LocalProvider
 from paastis.rules import Rules, load_config_file
-from tests.support import write_config
+from tests.support import wait_until, write_config
 
 
 class CountingLocalProvider(LocalProvider):
@@ -59,3 +60,62 @@ def test_forget_drops_an_app_until_the_next_listing(tmp_path):
     assert directory.resolve("shop-production-eu") is None
     directory.refresh()
     assert directory.resolve("shop-production-eu") is not None
+
+
+class SlowListingProvider(CountingLocalProvider):
+    """Lists slowly, with the listing under way made visible, to race readers against it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.listing = threading.Event()
+        self.release = threading.Event()
+
+    def list_apps(self):
+        apps = super().list_apps()
+        if self.listings > 1:
+            self.listing.set()
+            self.release.wait(10)
+        return apps
+
+
+def test_readers_never_wait_on_someone_elses_listing_nor_see_half_a_list(tmp_path):
+    config_file = write_config(
+        tmp_path, [{"name": f"app-{i}", "url": "http://127.0.0.1:9", "command": "true"} for i in range(300)]
+    )
+    settings = Settings.from_env(
+        {"PAASTIS_CONFIG_FILE": str(config_file), "PAASTIS_STATE_DIR": str(tmp_path / "s")}, dotenv=False
+    )
+    config = load_config_file(config_file)
+    provider = SlowListingProvider.from_settings(settings, config)
+    directory = Directory(provider, Rules(settings, None), ttl=0)
+    directory.refresh()
+    lister = threading.Thread(target=directory.refresh)
+    lister.start()
+    try:
+        assert provider.listing.wait(10)
+        # The listing is under way and blocked: readers answer from the published list meanwhile.
+        answers = []
+        reader = threading.Thread(target=lambda: answers.extend([directory.resolve("app-7"), directory.resolve("x")]))
+        reader.start()
+        wait_until(lambda: len(answers) == 2, 5, what="a reader to answer while the listing is under way")
+        assert answers[0].name == "app-7" and answers[1] is None
+        errors = []
+
+        def read() -> None:
+            for _ in range(200):
+                try:
+                    assert len(directory.apps()) == 300
+                except Exception as error:  # noqa: BLE001 - collected for the assertion below
+                    errors.append(error)
+
+        readers = [threading.Thread(target=read) for _ in range(4)]
+        for reader in readers:
+            reader.start()
+        provider.release.set()  # the new list is published while they read
+        for reader in readers:
+            reader.join(10)
+        assert errors == []
+    finally:
+        provider.release.set()
+        lister.join(10)
+    assert provider.listings == 2  # the readers' misses did not list again behind the lister

@@ -35,6 +35,11 @@ def listed(provider: ScalingoProvider, key: str) -> AppInfo:
     return next(app for app in provider.list_apps() if app.key == key)
 
 
+def api_calls(platform: ScalingoPlatform) -> int:
+    """Every regional API call so far (the token exchange goes to the auth service)."""
+    return platform.calls("GET", ".*") + platform.calls("POST", ".*")
+
+
 def calls(metrics: Metrics, operation: str, outcome: str) -> float:
     return metrics.provider_calls.labels("scalingo", operation, outcome)._value.get()
 
@@ -165,17 +170,68 @@ def test_formation_is_remembered_on_stop_and_restored_exactly(platforms):
 
     memo = provider.stop(shop)
     assert app.amounts() == {"web": 0, "worker": 0, "clock": 0}
-    assert provider.status(shop) == STOPPED
-    assert not app.process.running
     assert platform.calls("POST", "/v1/apps/shop/scale") == 1
+    assert platform.calls("GET", "/v1/apps/shop/operations/.*") == 0  # not followed: the next listing tells
+    wait_until(lambda: not app.process.running, 10, what="the scale-down to finish")
+    assert listed(provider, "shop").status == STOPPED
 
     memo = json.loads(json.dumps(memo))  # as the Redis registry keeps it
-    provider.start(shop, memo)
+    running = provider.start(shop, memo)
     assert app.amounts() == {"web": 3, "worker": 0, "clock": 1}  # the worker at 0 stays at 0
     assert app.formation["web"]["size"] == "L"
     assert provider.status(shop) == RUNNING
     assert app.process.answering  # start returned once the operation was done
-    assert platform.calls("GET", "/v1/apps/shop/operations/.*") >= 2
+    assert platform.calls("GET", "/v1/apps/shop/operations/.*") >= 1
+    assert {c["name"]: c["amount"] for c in running["containers"]} == {"web": 3, "worker": 0, "clock": 1}
+
+
+def test_a_stop_costs_one_call_with_the_formation_known_and_two_without(platforms):
+    platform = platforms()
+    app = platform.add_app("shop", formation={"web": (2, "M"), "worker": (1, "S")}, running=True)
+    provider = provider_for(platform)
+    shop = listed(provider, "shop")
+    before = api_calls(platform)
+
+    memo = provider.stop(shop)  # nothing known: read the formation, then scale
+    assert api_calls(platform) - before == 2
+    wait_until(lambda: listed(provider, "shop").status == STOPPED, 10)
+    running = provider.start(shop, memo)  # remembered at wake time
+    wait_until(lambda: listed(provider, "shop").status == RUNNING, 10)
+
+    before = api_calls(platform)
+    assert provider.stop(shop, running) == memo
+    assert api_calls(platform) - before == 1  # the scale alone
+    assert app.amounts() == {"web": 0, "worker": 0}
+
+
+def test_a_formation_changed_behind_our_back_is_read_again_or_remembered(platforms):
+    platform = platforms()
+    app = platform.add_app("shop", formation={"web": (1, "M"), "worker": (1, "S")}, running=True)
+    provider = provider_for(platform)
+    shop = listed(provider, "shop")
+    stale = {"containers": [{"name": "web", "amount": 1}, {"name": "gone", "amount": 1}]}
+    memo = provider.stop(shop, stale)  # "gone" no longer exists: the scale is refused, the formation read
+    assert app.amounts() == {"web": 0, "worker": 0}
+    assert {c["name"]: c["amount"] for c in memo["containers"]} == {"web": 1, "worker": 1}
+
+    wait_until(lambda: listed(provider, "shop").status == STOPPED, 10)
+    provider.start(shop, memo)
+    wait_until(lambda: listed(provider, "shop").status == RUNNING, 10)
+    memo = provider.stop(shop, {"containers": [{"name": "web", "amount": 1}]})  # worker unknown to us
+    assert app.amounts() == {"web": 0, "worker": 1}  # scaled down at the next stop, now that it is known
+    assert {c["name"]: c["amount"] for c in memo["containers"]} == {"web": 1, "worker": 1}
+
+
+def test_a_start_right_after_a_stop_waits_for_the_scale_down_to_finish(platforms):
+    platform = platforms()
+    app = platform.add_app("shop", formation={"web": (1, "M")}, running=True, boot_delay=0.5)
+    provider = provider_for(platform)
+    shop = listed(provider, "shop")
+    memo = provider.stop(shop)
+    assert provider.status(shop) == STARTING  # Scalingo says "scaling": no other operation is doable
+    provider.start(shop, memo)
+    assert app.amounts() == {"web": 1}
+    assert provider.status(shop) == RUNNING
 
 
 def test_start_without_memo_scales_web_to_one(platforms):
@@ -207,10 +263,8 @@ def test_crashed_app_fails_fast_with_the_operation_error(platforms):
     platform.add_app("broken", crash=True)
     provider = provider_for(platform)
     broken = listed(provider, "broken")
-    started = time.monotonic()
     with pytest.raises(ProviderError, match="scale operation failed: container web-1 crashed at boot") as error:
-        provider.start(broken, None)
-    assert time.monotonic() - started < 5
+        provider.start(broken, None)  # the operation's error, long before the 20 s operation timeout
     assert error.value.status == 502 and error.value.app == "broken"
     assert provider.status(broken) == FAILED
     with pytest.raises(ProviderError, match="restart operation failed"):
@@ -358,6 +412,6 @@ def test_without_redis_each_process_keeps_within_the_budget_alone(caplog):
     for _ in range(10):
         limiter.acquire()  # the local burst
     assert time.monotonic() - started < 1.5
-    assert caplog.text.count("rate limit: Redis unreachable") == 1
+    assert caplog.text.count("redis: unreachable") == 1  # logged once, by the link
     assert limiter.delay() is None  # not asking Redis again for a while
     limiter.close()

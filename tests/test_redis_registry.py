@@ -285,12 +285,12 @@ def test_a_killed_leader_is_replaced_within_the_ttl(prefix):
 def test_cluster_lock_is_single_flight_across_instances(prefix):
     one = ClusterLocks(RedisLink(SHARED_URL, prefix, 0.5))
     two = ClusterLocks(RedisLink(SHARED_URL, prefix, 0.5))
-    with one("demo", 5) as first:
-        with two("demo", 5) as second:
+    with one("demo") as first:
+        with two("demo") as second:
             assert (first, second) == (True, False)
-        with two("other", 5) as other:
+        with two("other") as other:
             assert other is True
-    with two("demo", 5) as after:
+    with two("demo") as after:
         assert after is True
 
 
@@ -298,7 +298,7 @@ def test_cluster_lock_falls_back_to_local_logic_while_redis_is_down(tmp_path):
     server = RedisServer(tmp_path).start()
     locks = ClusterLocks(RedisLink(server.url, "p:", 0.3))
     server.stop()
-    with locks("demo", 5) as ours:
+    with locks("demo") as ours:
         assert ours is True
 
 
@@ -317,3 +317,21 @@ def test_redis_url_fallback(env, expected):
 def test_redis_without_url_is_a_clear_error():
     with pytest.raises(ConfigError, match="REGISTRY_REDIS_URL"):
         Settings.from_env({"REGISTRY_TYPE": "redis"})
+
+
+def test_last_access_never_goes_back_when_instances_flush_out_of_order(make):
+    """Three instances serve one app one after the other; whoever flushes last, the newest access wins."""
+    instances = [make(flush_interval=3600) for _ in range(3)]  # flushed by hand, in the order we choose
+    instances[0].register(an_app("demo", minutes_ago=10))
+    windows = []  # each touch happened between these two times, and the windows do not overlap
+    for registry in instances:
+        before = datetime.now(UTC)
+        registry.touch("demo")
+        windows.append((before, datetime.now(UTC)))
+        wait_until(lambda: datetime.now(UTC) > windows[-1][1], 1, 0.001)
+    newest = windows[-1][0]
+    reader = make()
+    for registry in reversed(instances):  # the newest first, then older and older
+        registry.flush()
+        assert reader.get("demo").last_accessed_at >= newest
+    assert reader.all()[0].last_accessed_at >= newest

@@ -7,7 +7,7 @@
 - :mod:`.readiness`: is a started app answering yet, and is an app its router calls down really down;
 - :mod:`.waker`: starts, under the per-app cluster lock, and the memory of recent failed starts;
 - :mod:`.stopper`: stops, under the same lock, with their hooks and the formation memo;
-- :mod:`.idle`: the idle policy run at each supervisor tick (sync with the listing, decide, stop);
+- :mod:`.idle`: the idle policy run at each supervisor tick (sync with the listing, decide, queue stops);
 - :mod:`.journal`: registry entries paired with the events that tell of them.
 
 Data flows one way: request -> routing -> lifecycle -> provider, and
@@ -42,7 +42,7 @@ __all__ = ["Lifecycle", "NotManaged", "UnknownApp", "WakeError", "WakeTimeout"]
 
 
 @contextmanager
-def _no_cluster_lock(key: str, ttl: float) -> Iterator[bool]:
+def _no_cluster_lock(key: str) -> Iterator[bool]:
     yield True
 
 
@@ -62,6 +62,7 @@ class Lifecycle:
         cluster_lock: ClusterLock = _no_cluster_lock,
         dry_run: DryRun | None = None,
         close_connections: Callable[[str], None] = lambda key: None,
+        stop_concurrency: int = 4,
     ):
         self.operation_timeout = operation_timeout
         self.lookup = AppLookup(provider, directory, rules)
@@ -96,7 +97,16 @@ class Lifecycle:
             close_connections,
         )
         self.idle = IdleCheck(
-            provider, registry, directory, rules, metrics, self.lookup, self.flights, self.journal, self.stopper
+            provider,
+            registry,
+            directory,
+            rules,
+            metrics,
+            self.lookup,
+            self.flights,
+            self.journal,
+            self.stopper,
+            stop_concurrency,
         )
 
     # -- what the proxy asks ----------------------------------------------------
@@ -147,8 +157,9 @@ class Lifecycle:
         return self.journal.forget_all(reason)
 
     def check_idle(self) -> None:
-        """One supervisor tick: sync the registry with the provider's list, then stop idle apps."""
+        """One supervisor tick: sync the registry with the provider's list, then queue idle apps' stops."""
         self.idle.check()
 
     def close(self) -> None:
+        self.idle.close()
         self.readiness.close()

@@ -28,11 +28,13 @@ class Journal:
         except Exception as error:  # noqa: BLE001 - history is best effort, serving is not
             log.warning("could not record event %s for %s: %s", type, key, error)
 
-    def registered(self, app: AppInfo, reason: str, event: str, duration: float | None = None) -> None:
+    def registered(self, app: AppInfo, reason: str, event: str, duration: float | None = None) -> RunningApp:
         """``app`` runs from now on, used just now."""
         now = utcnow()
-        self.registry.register(RunningApp(key=app.key, started_at=now, last_accessed_at=now))
+        entry = RunningApp(key=app.key, started_at=now, last_accessed_at=now)
+        self.registry.register(entry)
         self.emit(event, app.key, reason, duration=duration)
+        return entry
 
     def forgotten(self, key: str, reason: str, why: str) -> None:
         self.registry.unregister(key)

@@ -17,6 +17,7 @@ from ..hooks import HookFailed, HookRunner
 from ..logs import about_app
 from ..metrics import Metrics
 from ..providers import STOPPED, AppInfo, Provider, ProviderError
+from ..providers.priority import background_calls
 from ..registry import Registry
 from ..rules import Rules
 from .flights import Flights
@@ -69,7 +70,7 @@ class Stopper:
             flight.done.wait(self.operation_timeout)
             return False
         try:
-            with about_app(app.key), self.cluster_lock(app.key, self.operation_timeout + 30) as ours:
+            with about_app(app.key), self.cluster_lock(app.key) as ours:
                 if not ours or (still_idle is not None and not still_idle(app)):
                     return False  # another instance is starting or stopping it, or it was used meanwhile
                 if self._already_stopped(app, reason):
@@ -108,7 +109,8 @@ class Stopper:
         self.close_connections(app.key)  # with a Close frame (1001) rather than a reset by the dying app
         try:
             log.info("stopping %s (%s)", app.key, reason)
-            memo = self.provider.stop(app)
+            with background_calls():  # a wake's API calls go first
+                memo = self.provider.stop(app, self.registry.recall(app.key))
         except ProviderError as error:
             if entry is not None:
                 self.registry.register(entry)  # still running as far as we know: lose nothing

@@ -36,7 +36,7 @@ WAKE_GRACE = 1.0  # seconds a waiter gives the start past its deadline to report
 FAILURE_MEMORY = 10.0  # seconds a failed start stays on the waiting page before a reload retries
 CLUSTER_POLL_INTERVAL = 0.1  # seconds between looks at another instance's start or stop
 
-ClusterLock = Callable[[str, float], AbstractContextManager[bool]]
+ClusterLock = Callable[[str], AbstractContextManager[bool]]  # yields True when this instance holds it
 
 
 class Waker:
@@ -187,7 +187,7 @@ class Waker:
         while True:
             if waited and self.registry.get(app.key) is not None:
                 return  # another instance woke it
-            with self.cluster_lock(app.key, self.operation_timeout + 30) as ours:
+            with self.cluster_lock(app.key) as ours:
                 if ours:
                     self._start(app, reason, deadline)
                     return
@@ -207,7 +207,9 @@ class Waker:
         self.hooks.run("before_start", policy.hooks.get("before_start"), app.name, reason, app.region)
         log.info("starting %s (%s)", app.key, reason)
         try:
-            self.provider.start(app, self.registry.recall(app.key))
+            running = self.provider.start(app, self.registry.recall(app.key))
+            if running:  # what runs now: its stop can trust it instead of reading it again
+                self.registry.remember(app.key, running)
             self.readiness.wait_ready(app, deadline)
         except AppNotFound:
             raise

@@ -43,8 +43,12 @@ MODULES = {
 }
 
 
-def build_provider(settings: Settings, config: dict, metrics: Metrics) -> Provider:
-    """Instantiate the provider named by ``PROVIDER_NAME``; its constructor validates its settings."""
+def build_provider(settings: Settings, config: dict, metrics: Metrics, redis_link: object = None) -> Provider:
+    """Instantiate the provider named by ``PROVIDER_NAME`` (only its module is imported); it validates its settings.
+
+    ``redis_link`` is the instance's :class:`~paastis.redis_link.RedisLink`, if it uses Redis:
+    a provider that shares its API budget across processes counts calls through it.
+    """
     module_name, class_name = MODULES[settings.provider_name].split(":")
     module = import_module(f"{__name__}.{module_name}")
-    return getattr(module, class_name).from_settings(settings, config, metrics)
+    return getattr(module, class_name).from_settings(settings, config, metrics, redis_link=redis_link)

@@ -74,11 +74,20 @@ class Provider(Protocol):
     def status(self, app: AppInfo) -> str:
         """One of RUNNING, STOPPED, STARTING, FAILED, UNKNOWN."""
 
-    def start(self, app: AppInfo, memo: dict | None) -> None:
-        """Ask the platform to start ``app``; ``memo`` is what :meth:`stop` returned for it."""
+    def start(self, app: AppInfo, memo: dict | None) -> dict | None:
+        """Ask the platform to start ``app``; ``memo`` is what :meth:`stop` returned for it.
 
-    def stop(self, app: AppInfo) -> dict | None:
-        """Stop ``app``; return what is needed to start it exactly as it was (e.g. a formation)."""
+        May return the memo of what now runs (e.g. the formation the platform answered with), so that
+        the next stop need not read it again; None when the platform did not say.
+        """
+
+    def stop(self, app: AppInfo, memo: dict | None = None) -> dict | None:
+        """Stop ``app``; return what is needed to start it exactly as it was (e.g. a formation).
+
+        ``memo`` is what is known of what runs (remembered at the last start or stop), which a
+        provider may trust to save the read it would otherwise make first. The stop need not
+        be followed to its end: the next listing tells whether it happened.
+        """
 
     def failure(self, app: AppInfo) -> str | None:
         """Why ``app`` is FAILED, when the platform can say more than the status (exit code, output)."""

@@ -55,7 +55,10 @@ class CleverCloudProvider:
         self.upstream_scheme = upstream_scheme
 
     @classmethod
-    def from_settings(cls, settings: Settings, config: dict, metrics: Metrics | None = None) -> CleverCloudProvider:
+    def from_settings(
+        cls, settings: Settings, config: dict, metrics: Metrics | None = None, redis_link: object = None
+    ) -> CleverCloudProvider:
+        """``redis_link`` is unused: this provider's budget is not shared through Redis."""
         env = settings.env
         why = "see the Clever Cloud section of the README"
         consumer_key = env.secret("PROVIDER_CLEVER_OAUTH_CONSUMER_KEY", why)
@@ -129,7 +132,7 @@ class CleverCloudProvider:
             return
         self.client.call("POST", self._path(app, "/instances"), "start", app.name)
 
-    def stop(self, app: AppInfo) -> dict | None:
+    def stop(self, app: AppInfo, memo: dict | None = None) -> dict | None:
         self.client.call("DELETE", self._path(app, "/instances"), "stop", app.name)
         return None
 

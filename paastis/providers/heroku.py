@@ -65,7 +65,10 @@ class HerokuProvider:
         client.on_response = self._watch_rate_limit
 
     @classmethod
-    def from_settings(cls, settings: Settings, config: dict, metrics: Metrics | None = None) -> HerokuProvider:
+    def from_settings(
+        cls, settings: Settings, config: dict, metrics: Metrics | None = None, redis_link: object = None
+    ) -> HerokuProvider:
+        """``redis_link`` is unused: this provider's budget is not shared through Redis."""
         env = settings.env
         token = env.secret("PROVIDER_HEROKU_API_TOKEN", "create one with `heroku authorizations:create`")
         url = env.get("PROVIDER_HEROKU_API_URL", DEFAULT_API_URL)
@@ -137,7 +140,7 @@ class HerokuProvider:
             self._patch(app, updates, "scale_up")
             self._note(app.name, 1)
 
-    def stop(self, app: AppInfo) -> dict | None:
+    def stop(self, app: AppInfo, memo: dict | None = None) -> dict | None:
         """Scale every process type to 0 in one call; return the formation it had."""
         formation = self._formation(app)
         memo = {"formation": [_entry(f) for f in formation]}

@@ -24,6 +24,7 @@ import requests
 from .. import deadlines
 from ..metrics import Metrics
 from .base import AppNotFound, ProviderAuthError, ProviderError, ProviderTimeout
+from .priority import in_background
 
 log = logging.getLogger(__name__)
 
@@ -32,34 +33,60 @@ READ_RETRIES = 3
 MAX_RATE_LIMIT_WAIT = 60.0
 
 
+URGENT_YIELD = 0.1  # seconds a background call waits before looking again while an urgent call waits
+
+
 class RateLimiter:
-    """A token bucket shared by every call of one provider client in this process."""
+    """A token bucket shared by every call of one provider client in this process.
+
+    Background calls (see :func:`background_calls`) leave ``reserve`` tokens in the bucket
+    and give way while any urgent call waits, so a wake finds budget at once even while a
+    crowd of idle stops spends the rest.
+    """
 
     def __init__(self, per_minute: float, burst: float | None = None):
         self.rate = per_minute / 60.0
         self.capacity = burst if burst is not None else per_minute
+        self.reserve = self.capacity / 2
         self.tokens = self.capacity
         self.updated = time.monotonic()
         self.lock = threading.Lock()
+        self._urgent_waiting = 0
 
-    def acquire(self) -> None:
+    def acquire(self, background: bool = False) -> None:
         """Block until a call fits in the budget; :class:`~paastis.deadlines.DeadlinePassed` if it would not in time."""
-        while True:
-            with self.lock:
-                now = time.monotonic()
-                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-                self.updated = now
-                if self.tokens >= 1:
-                    self.tokens -= 1
-                    return
-                wait = (1 - self.tokens) / self.rate
-            deadlines.sleep(wait)
+        floor = 1 + (self.reserve if background else 0)
+        waiting = False
+        try:
+            while True:
+                with self.lock:
+                    now = time.monotonic()
+                    self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+                    self.updated = now
+                    if background and self._urgent_waiting:
+                        wait = URGENT_YIELD
+                    elif self.tokens >= floor:
+                        self.tokens -= 1
+                        return
+                    else:
+                        wait = (floor - self.tokens) / self.rate
+                    if not background and not waiting:
+                        waiting = True
+                        self._urgent_waiting += 1
+                deadlines.sleep(wait)
+        finally:
+            if waiting:
+                with self.lock:
+                    self._urgent_waiting -= 1
 
     def slow_down(self, seconds: float) -> None:
         """The platform said "too many": spend the bucket so that nothing is sent for ``seconds``."""
         with self.lock:
             self.tokens = min(self.tokens, -seconds * self.rate)
             self.updated = time.monotonic()
+
+    def close(self) -> None:
+        pass
 
 
 class ApiClient:
@@ -111,7 +138,7 @@ class ApiClient:
         while True:
             attempt += 1
             if self.limiter is not None:
-                self.limiter.acquire()
+                self.limiter.acquire(in_background())
             try:
                 response = self.session.request(method, self.url(path), timeout=deadlines.timeout(timeout), **kwargs)
             except requests.RequestException as error:

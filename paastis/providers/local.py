@@ -127,7 +127,10 @@ class LocalProvider:
         self._http = requests.Session()
 
     @classmethod
-    def from_settings(cls, settings: Settings, config: dict, metrics: Metrics | None = None) -> LocalProvider:
+    def from_settings(
+        cls, settings: Settings, config: dict, metrics: Metrics | None = None, redis_link: object = None
+    ) -> LocalProvider:
+        """``redis_link`` is unused: this provider's budget is not shared through Redis."""
         source = str(settings.config_file)
         raw_apps = config.get("apps") or []
         if not isinstance(raw_apps, list):
@@ -179,7 +182,7 @@ class LocalProvider:
             raise ProviderError(self.name, app.name, self._foreign(local))
         self._spawn(local)
 
-    def stop(self, app: AppInfo) -> dict | None:
+    def stop(self, app: AppInfo, memo: dict | None = None) -> dict | None:
         """Stopped means stopped: processes gone and port closed, else a :class:`ProviderError` saying why."""
         local = self._app(app)
         if local.command is None:

@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -37,7 +37,9 @@ from .base import (
     ProviderTimeout,
 )
 from .http import ApiClient, RateLimiter
-from .shared_limiter import SharedRateLimiter
+
+if TYPE_CHECKING:
+    from ..redis_link import RedisLink
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +159,7 @@ def read_regions(env: Env) -> list[str]:
     return regions
 
 
-def rate_limiter(settings: Settings, budget: int, api_token: str) -> RateLimiter:
+def rate_limiter(settings: Settings, budget: int, api_token: str, link: RedisLink | None = None) -> RateLimiter:
     """At most ``budget`` calls in any 60 s window, for the account.
 
     With the Redis registry (several workers, maybe several machines) the count is shared in
@@ -167,8 +169,12 @@ def rate_limiter(settings: Settings, budget: int, api_token: str) -> RateLimiter
     burst = budget / 6
     local = (budget - burst, burst)
     if settings.registry_type == "redis" and settings.redis_url:
+        from .shared_limiter import SharedRateLimiter  # redis-py is only imported by those who use it
+
         account = hashlib.sha256(api_token.encode()).hexdigest()[:12]
         key = f"{settings.redis_prefix}provider:{NAME}:{account}:calls"
+        if link is not None:  # the instance's one Redis link: one outage state for all
+            return SharedRateLimiter(link, key, budget, local=local)
         return SharedRateLimiter.from_url(settings.redis_url, key, budget, settings.redis_socket_timeout, local=local)
     return RateLimiter(*local)
 
@@ -207,7 +213,9 @@ class ScalingoProvider:
             client.on_unauthorized = bearer.renew_after_401
 
     @classmethod
-    def from_settings(cls, settings: Settings, config: dict, metrics: Metrics | None = None) -> ScalingoProvider:
+    def from_settings(
+        cls, settings: Settings, config: dict, metrics: Metrics | None = None, redis_link: RedisLink | None = None
+    ) -> ScalingoProvider:
         env = settings.env
         api_token = env.secret("PROVIDER_SCALINGO_API_TOKEN", "create an API token in the Scalingo dashboard")
         regions = read_regions(env)
@@ -217,7 +225,7 @@ class ScalingoProvider:
             raise ConfigError(f"PROVIDER_SCALINGO_AUTH_URL={auth_url!r} is not an http(s) URL")
         budget = env.integer("PROVIDER_SCALINGO_RATE_LIMIT", DEFAULT_RATE_LIMIT, minimum=6)
         warn_if_idle_checks_spend_the_budget(settings.checking_interval, len(regions), budget)
-        limiter = rate_limiter(settings, budget, api_token)
+        limiter = rate_limiter(settings, budget, api_token, redis_link)
         session = requests.Session()  # one pool for the auth service and every region
         session.headers["Accept"] = "application/json"
         auth = ApiClient(NAME, auth_url, metrics, TOKEN_HINT, session=session)
@@ -257,8 +265,12 @@ class ScalingoProvider:
     def status(self, app: AppInfo) -> str:
         return STATUSES.get(str(self._app(app).get("status")), UNKNOWN)
 
-    def start(self, app: AppInfo, memo: dict | None) -> None:
-        """Scale back to the remembered formation (only the types that differ), or restart a crashed app."""
+    def start(self, app: AppInfo, memo: dict | None) -> dict | None:
+        """Scale back to the remembered formation (only the types that differ), or restart a crashed app.
+
+        Returns the formation the app now has (Scalingo answers a scale with the whole formation),
+        so that its stop costs one call.
+        """
         wanted = formation_from_memo(memo)
         current = {c["name"]: c for c in self._formation(app)}
         if wanted is None:
@@ -275,25 +287,66 @@ class ScalingoProvider:
             elif now.get("amount") != entry["amount"] or entry.get("size", now.get("size")) != now.get("size"):
                 changes.append(entry)
         if changes:
-            self._follow(app, self._post(app, "scale", {"containers": changes}), "scale")
-        elif self.status(app) == FAILED:
+            response = self._scale_when_settled(app, changes)
+            self._follow(app, response, "scale")
+            changed = {c["name"]: c for c in changes}
+            after = _containers(response) or [{**c, **changed.get(name, {})} for name, c in current.items()]
+            return {"containers": [_entry(c) for c in after]}
+        if self.status(app) == FAILED:
             self._follow(app, self._post(app, "restart", {"scope": None}), "restart")
         # else: already scaled as wanted and booting: the lifecycle waits for it
+        return {"containers": [_entry(c) for c in current.values()]}
 
-    def stop(self, app: AppInfo) -> dict | None:
-        """Scale every type that has containers to 0; return the formation it had."""
-        formation = self._formation(app)
-        memo = {"containers": [_entry(c) for c in formation]}
+    def stop(self, app: AppInfo, memo: dict | None = None) -> dict | None:
+        """Scale every type that has containers to 0; return the formation it had.
+
+        With a remembered formation this is one call (the scale); otherwise the formation is read
+        first (two). The scale's operation is not followed: the next listing says ``stopped``.
+        """
+        known = formation_from_memo(memo)
+        if known is not None:
+            try:
+                return self._scale_down(app, known)
+            except ProviderAuthError:
+                raise
+            except ProviderError as error:  # e.g. a process type removed since: read what there is now
+                log.info("%s: the remembered formation of %s is out of date (%s): reading it", NAME, app.key, error)
+        return self._scale_down(app, [_entry(c) for c in self._formation(app)])
+
+    def _scale_down(self, app: AppInfo, formation: list[dict[str, Any]]) -> dict | None:
         to_zero = [{"name": c["name"], "amount": 0} for c in formation if c["amount"] > 0]
         if not to_zero:
             return None  # already at 0: keep whatever formation was remembered before
         response = self._post(app, "scale", {"containers": to_zero})
+        still_up = {c["name"]: c for c in _containers(response) if c["amount"] > 0}
+        memo = [still_up.pop(c["name"], c) for c in formation] + list(still_up.values())
+        if still_up:  # scaled up behind our back: remembered now, scaled down by the next stop
+            log.warning("%s: %s also runs %s, unknown when it was stopped", NAME, app.key, ", ".join(still_up))
+        return {"containers": [_entry(c) for c in memo]}
+
+    def _scale_when_settled(self, app: AppInfo, containers: list[dict[str, Any]]) -> requests.Response:
+        """Scale; if the app is still busy with an earlier operation (a stop is not followed), wait for it once."""
         try:
-            self._follow(app, response, "scale")
-        except ProviderError as error:
-            # The scale was accepted: the formation is what must not be lost, the next idle check sees the rest.
-            log.warning("%s: scaling %s down was accepted but did not finish cleanly: %s", NAME, app.key, error.message)
-        return memo
+            return self._post(app, "scale", {"containers": containers})
+        except ProviderAuthError:
+            raise
+        except ProviderError:
+            if not self._wait_while_busy(app):
+                raise
+        return self._post(app, "scale", {"containers": containers})
+
+    def _wait_while_busy(self, app: AppInfo) -> bool:
+        """Poll the app while an operation runs (``scaling``, ``restarting``); True if it was busy."""
+        deadline = time.monotonic() + self.operation_timeout
+        delay = FIRST_OPERATION_POLL
+        busy = False
+        while self._app(app).get("status") in ("scaling", "restarting"):
+            busy = True
+            if time.monotonic() >= deadline:
+                raise ProviderError(NAME, app.name, f"still busy after {self.operation_timeout:g}s")
+            time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+            delay = min(delay * 1.5, self.poll_interval)
+        return busy
 
     def failure(self, app: AppInfo) -> str | None:
         return None  # the status says all the API tells
@@ -313,7 +366,7 @@ class ScalingoProvider:
     def close(self) -> None:
         for client in self.clients.values():
             client.close()
-        if isinstance(self.limiter, SharedRateLimiter):
+        if self.limiter is not None:
             self.limiter.close()
 
     # -- helpers ----------------------------------------------------------------
@@ -377,6 +430,17 @@ def formation_from_memo(memo: Any) -> list[dict[str, Any]] | None:
         return None
     wanted = [_entry(c) for c in containers]
     return wanted if any(entry["amount"] > 0 for entry in wanted) else None
+
+
+def _containers(response: requests.Response) -> list[dict[str, Any]]:
+    """The whole formation a scale answers with; [] when the answer does not say (the scale still happened)."""
+    try:
+        containers = response.json().get("containers")
+    except (ValueError, AttributeError):
+        return []
+    if not isinstance(containers, list) or not all(_is_formation_entry(c) for c in containers):
+        return []
+    return containers
 
 
 def _is_formation_entry(raw: Any) -> bool:

@@ -6,7 +6,8 @@ machines, all calling the same account: each would spend the whole budget. This 
 keeps a sliding log of the calls of the last window in a Redis sorted set (timestamps from
 Redis' own clock, so machines need not agree on the time), and lets a call through only
 while the log holds fewer than ``limit``. A 429 blocks every process for the wait it asked.
-While Redis cannot be reached, each process falls back to its own bucket (logged once).
+While Redis cannot be reached (as the instance's :class:`~paastis.redis_link.RedisLink` knows,
+and logs once for everything that uses Redis), each process falls back to its own bucket.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import time
 import redis
 
 from .. import deadlines
-from ..redis_link import redis_client
+from ..redis_link import RedisLink
 from .http import RateLimiter
 
 log = logging.getLogger(__name__)
 
-RETRY_REDIS_AFTER = 5.0  # seconds of local-only limiting after Redis failed
-
-# KEYS: log, blocked-until. ARGV: window ms, limit, member. Returns ms to wait (0: the call may go).
+# KEYS: log, blocked-until, urgent-waiting. ARGV: window ms, limit, member, background (0/1), reserve.
+# Returns ms to wait (0: the call may go). Background calls leave ``reserve`` slots of the window
+# free and give way while an urgent call waits (it flags itself for as long as it will wait).
 ACQUIRE_SCRIPT = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -33,15 +34,31 @@ local blocked = tonumber(redis.call('GET', KEYS[2]) or '0')
 if blocked > now then
   return blocked - now
 end
+local background = ARGV[4] == '1'
+if background then
+  local urgent = redis.call('PTTL', KEYS[3])
+  if urgent > 0 then
+    return urgent
+  end
+end
 local window = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+if background then
+  limit = math.max(1, limit - tonumber(ARGV[5]))
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+local count = redis.call('ZCARD', KEYS[1])
+if count < limit then
   redis.call('ZADD', KEYS[1], now, ARGV[3])
   redis.call('PEXPIRE', KEYS[1], window)
   return 0
 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return math.max(1, tonumber(oldest[2]) + window - now)
+local oldest = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
+local wait = math.max(1, tonumber(oldest[2]) + window - now)
+if not background then
+  redis.call('SET', KEYS[3], '1', 'PX', wait + 250)
+end
+return wait
 """
 # KEYS: blocked-until. ARGV: ms to block.
 BLOCK_SCRIPT = """
@@ -60,68 +77,67 @@ class SharedRateLimiter(RateLimiter):
 
     def __init__(
         self,
-        client: redis.Redis,
+        link: RedisLink,
         key: str,
         limit: int,
         window: float = 60.0,
         local: tuple[float, float] | None = None,
+        owns_link: bool = False,
     ):
         per_minute, burst = local or (limit * 60 / window, limit)
         super().__init__(per_minute, burst)  # the fallback while Redis is unreachable
-        self.client = client
+        self.link = link
+        self.owns_link = owns_link
+        client = link.client
         self.key = key
         self.blocked_key = key + ":blocked"
+        self.urgent_key = key + ":urgent"
         self.limit = limit
+        self.shared_reserve = max(1, limit // 10)
         self.window_ms = max(1, int(window * 1000))
         self._members = itertools.count()
         self._member_prefix = f"{id(self):x}:{time.monotonic_ns()}"
         self._acquire = client.register_script(ACQUIRE_SCRIPT)
         self._block = client.register_script(BLOCK_SCRIPT)
-        self._local_until = 0.0
 
     @classmethod
     def from_url(cls, url: str, key: str, limit: int, socket_timeout: float, **kwargs) -> SharedRateLimiter:
-        return cls(redis_client(url, socket_timeout), key, limit, **kwargs)
+        """A limiter with a Redis link of its own (paastis itself shares the instance's link)."""
+        return cls(RedisLink(url, "", socket_timeout), key, limit, owns_link=True, **kwargs)
 
-    def acquire(self) -> None:
+    def acquire(self, background: bool = False) -> None:
         while True:
-            wait = self.delay()
+            wait = self.delay(background)
             if wait is None:
-                super().acquire()
+                super().acquire(background)
                 return
             if wait <= 0:
                 return
             deadlines.sleep(wait)  # stops at the current operation's deadline
 
-    def delay(self) -> float | None:
+    def delay(self, background: bool = False) -> float | None:
         """Take a slot now (0.0), or say how long to wait for one; None while Redis is out of reach."""
-        if time.monotonic() < self._local_until:
+        if self.link.down:
             return None
         member = f"{self._member_prefix}:{next(self._members)}"
+        keys = [self.key, self.blocked_key, self.urgent_key]
+        args = [self.window_ms, self.limit, member, int(background), self.shared_reserve]
         try:
-            wait_ms = int(self._acquire(keys=[self.key, self.blocked_key], args=[self.window_ms, self.limit, member]))
+            wait_ms = int(self._acquire(keys=keys, args=args))
         except redis.RedisError as error:
-            self._redis_failed(error)
+            self.link.failed(error)
             return None
         return wait_ms / 1000
 
     def slow_down(self, seconds: float) -> None:
         super().slow_down(seconds)
-        if time.monotonic() < self._local_until or seconds <= 0:
+        if self.link.down or seconds <= 0:
             return
         try:
             self._block(keys=[self.blocked_key], args=[max(1, int(seconds * 1000))])
         except redis.RedisError as error:
-            self._redis_failed(error)
+            self.link.failed(error)
 
     def close(self) -> None:
-        self.client.close()
-
-    def _redis_failed(self, error: Exception) -> None:
-        if time.monotonic() >= self._local_until:
-            log.warning(
-                "rate limit: Redis unreachable (%s): counting API calls in this process only for %gs",
-                type(error).__name__,
-                RETRY_REDIS_AFTER,
-            )
-        self._local_until = time.monotonic() + RETRY_REDIS_AFTER
+        if self.owns_link:
+            self.link.close()
