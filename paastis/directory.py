@@ -70,9 +70,11 @@ class Directory:
             self._refresh_quietly()
         return [app for key, app in self._listing.by_key.items() if key == app.key]
 
-    def known_keys(self) -> set[str] | None:
-        """Every key and alias of the current list, without listing; None before the first listing."""
-        return None if self._refreshed_at is None else set(self._listing.by_key)
+    def knows(self, key: str) -> bool:
+        """Whether ``key`` stands for a listed app, without listing (before the first listing: assume so)."""
+        if self._refreshed_at is None:
+            return True
+        return self._find(self._listing, key, self.rules.policy(key).app_name) is not None
 
     def resolve(self, key: str) -> AppInfo | None:
         """The app a request key stands for: a rule's ``app_name``, else the key itself."""

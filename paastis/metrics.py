@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
 
 class Metrics:
@@ -57,6 +60,23 @@ class Metrics:
 
     def hook_result(self, hook: str, ok: bool) -> None:
         self.hook_runs.labels(hook, "success" if ok else "failure").inc()
+
+    def forget_apps(self, gone: Callable[[str], bool]) -> int:
+        """Drop every label set of the apps that are ``gone``: review apps come and go, their series must not stay.
+
+        prometheus_client offers ``remove`` but no public list of label sets, hence ``_metrics``
+        (stable across its releases); returns how many label sets were dropped.
+        """
+        removed = 0
+        for metric in vars(self).values():
+            if not isinstance(metric, MetricWrapperBase) or "app" not in metric._labelnames:
+                continue
+            index = metric._labelnames.index("app")
+            for labels in list(metric._metrics):
+                if gone(labels[index]):
+                    metric.remove(*labels)
+                    removed += 1
+        return removed
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

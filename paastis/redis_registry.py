@@ -8,7 +8,10 @@ Keys (all under ``REGISTRY_REDIS_PREFIX``, nothing else in the database is touch
   newer than the stored one: an instance flushing late never moves time backwards);
 - ``registry:memos``: hash, app key -> JSON memo (outlives the app's stop);
 - ``registry:inflight:<key>``: sorted set, one member per instance serving the app, scored
-  by the wall-clock time its entry expires, so a crashed instance cannot pin an app awake.
+  by the wall-clock time its entry expires, so a crashed instance cannot pin an app awake;
+  the set itself expires with its last entry, so apps that are gone leave nothing behind.
+
+Memos of apps the provider no longer lists are dropped by the leader (:meth:`RedisRegistry.prune`).
 
 The request path costs no Redis command at steady load. An instance *publishes* its
 in-flight entry for an app when its first request begins (``ZADD`` then ``HGET`` in one
@@ -196,6 +199,24 @@ class RedisRegistry:
 
         return self._call(read, lambda: self._memos.get(key))
 
+    def prune(self, known: Callable[[str], bool], shared: bool) -> int:
+        """Drop what this instance keeps of apps the provider no longer has, and (``shared``: the
+        leader) their memos in Redis; how many memos were dropped."""
+        with self._lock:
+            for cache in (self._local, self._memos):
+                for key in [key for key in cache if not known(key)]:
+                    del cache[key]
+        if not shared:
+            return 0
+
+        def drop() -> int:
+            gone = [key for key in self.client.hkeys(self.memos_key) if not known(key)]
+            if gone:
+                self.client.hdel(self.memos_key, *gone)
+            return len(gone)
+
+        return self._call(drop, lambda: 0)
+
     # -- health and shutdown ------------------------------------------------------
 
     def healthy(self) -> bool:
@@ -310,8 +331,10 @@ class RedisRegistry:
                     return
             expiry = now + self.in_flight_ttl
             pipe = self.client.pipeline(transaction=False)
+            lifetime_ms = int(self.in_flight_ttl * 1000) + 1000  # the set goes once its last entry would have
             for key in keys:
                 pipe.zadd(self.in_flight_key(key), {self.link.instance: expiry})
+                pipe.pexpire(self.in_flight_key(key), lifetime_ms)
                 pipe.hget(self.apps_key, key)
                 pipe.hget(self.touched_key, key)
             try:
@@ -321,7 +344,7 @@ class RedisRegistry:
                 return
             with self._lock:
                 for index, key in enumerate(keys):
-                    raw, touched = results[3 * index + 1], results[3 * index + 2]
+                    raw, touched = results[4 * index + 2], results[4 * index + 3]
                     self._remember_locally(key, _decode(key, raw, touched))
                     self._activity.setdefault(key, _Activity()).published_until = expiry
 

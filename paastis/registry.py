@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -61,6 +62,7 @@ class Registry(Protocol):
     def remember(self, key: str, memo: dict[str, Any]) -> None: ...
     def recall(self, key: str) -> dict[str, Any] | None: ...
     def clear(self) -> None: ...
+    def prune(self, known: Callable[[str], bool], shared: bool) -> int: ...
     def healthy(self) -> bool: ...
     def close(self) -> None: ...
 
@@ -119,6 +121,14 @@ class InMemoryRegistry:
     def clear(self) -> None:
         with self._lock:
             self._apps.clear()
+
+    def prune(self, known: Callable[[str], bool], shared: bool = True) -> int:
+        """Drop the memos of apps the provider no longer has (review apps come and go); how many were dropped."""
+        with self._lock:
+            gone = [key for key in self._memos if not known(key)]
+            for key in gone:
+                del self._memos[key]
+        return len(gone)
 
     def _touch(self, key: str, when: datetime | None = None) -> None:
         """Time only moves forward, even if the wall clock steps back."""

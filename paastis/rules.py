@@ -11,6 +11,7 @@ import difflib
 import logging
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +229,9 @@ def _name_matcher(items: tuple[str, ...], variable: str) -> re.Pattern[str] | No
         raise ConfigError(f"{variable}={','.join(items)!r} holds an invalid pattern: {error}") from None
 
 
+POLICY_CACHE_SIZE = 10_000
+
+
 class Rules:
     """Resolves an :class:`AppPolicy` for any app key."""
 
@@ -241,16 +245,13 @@ class Rules:
         self.ignored = _name_matcher(settings.ignored_apps, "REGISTRY_IGNORED_APPS")
         self.allowed = _name_matcher(settings.allowed_apps, "REGISTRY_ALLOWED_APPS")
         self.passive_paths = compile_paths(settings.passive_paths)
-        self._cache: dict[str, AppPolicy] = {}
+        # Keys come from request Hosts: a flood of random names must neither grow the cache
+        # nor empty it, so the least recently used policies make room (thread-safe, in C).
+        self._cached = lru_cache(maxsize=POLICY_CACHE_SIZE)(self._resolve)
 
     def policy(self, key: str) -> AppPolicy:
-        """Policies are computed once per key: the proxy asks on every request."""
-        policy = self._cache.get(key)
-        if policy is None:
-            policy = self._cache[key] = self._resolve(key)
-            if len(self._cache) > 10_000:  # keys come from request Hosts: bound the memory
-                self._cache.clear()
-        return policy
+        """Policies are computed once per key (while they stay in the cache): the proxy asks on every request."""
+        return self._cached(key)
 
     def _resolve(self, key: str) -> AppPolicy:
         merged: dict[str, Any] = {}

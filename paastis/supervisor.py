@@ -109,6 +109,7 @@ class Supervisor:
             leading = False
         self._set_leading(leading)
         if not leading:
+            self._prune()
             return
         for name, job in self.jobs:
             try:
@@ -123,6 +124,13 @@ class Supervisor:
     def _tick_on_cron(self) -> None:
         if self.cron.due(datetime.now(UTC)):
             self.tick()
+
+    def _prune(self) -> None:
+        """A follower still forgets its own per-app state of apps that are gone (from the list it last saw)."""
+        try:
+            self.lifecycle.prune()
+        except Exception as error:  # noqa: BLE001 - logged; the next tick tries again
+            log.error("supervisor: pruning failed: %s", error)
 
     def _set_leading(self, leading: bool) -> None:
         if leading != self._leading:

@@ -16,6 +16,7 @@ schedule -> supervisor -> lifecycle -> provider. No collaborator calls back into
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,6 +40,8 @@ from .stopper import Stopper
 from .waker import ClusterLock, Waker
 
 __all__ = ["Lifecycle", "NotManaged", "UnknownApp", "WakeError", "WakeTimeout"]
+
+log = logging.getLogger("paastis.lifecycle")
 
 
 @contextmanager
@@ -65,6 +68,9 @@ class Lifecycle:
         stop_concurrency: int = 4,
     ):
         self.operation_timeout = operation_timeout
+        self.directory = directory
+        self.registry = registry
+        self.metrics = metrics
         self.lookup = AppLookup(provider, directory, rules)
         self.flights = Flights()
         self.journal = Journal(registry, events)
@@ -157,8 +163,20 @@ class Lifecycle:
         return self.journal.forget_all(reason)
 
     def check_idle(self) -> None:
-        """One supervisor tick: sync the registry with the provider's list, then queue idle apps' stops."""
+        """One supervisor tick: sync the registry with the provider's list, queue idle apps' stops, prune."""
         self.idle.check()
+        self.prune(shared=True)
+
+    def prune(self, shared: bool = False) -> None:
+        """Forget what is kept per app of apps the provider no longer lists: memory stays bounded
+        however many review apps come and go. ``shared``: the leader also prunes Redis."""
+        known = self.directory.knows
+        self.waker.prune(known)
+        self.readiness.prune(known)
+        dropped = self.registry.prune(known, shared)
+        series = self.metrics.forget_apps(lambda key: not known(key))
+        if dropped or series:
+            log.info("forgot %d memo(s) and %d metric series of apps that are gone", dropped, series)
 
     def close(self) -> None:
         self.idle.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import requests
 
@@ -83,6 +84,13 @@ class Readiness:
         except ProviderError as error:
             log.warning("could not check whether %s is down: %s", app.key, error)
             return False
+
+    def prune(self, known: Callable[[str], bool]) -> None:
+        """Forget down checks that no longer hold anything back, or of apps that are gone."""
+        now = time.monotonic()
+        for key, at in list(self._down_checks.items()):
+            if now - at >= DOWN_CHECK_INTERVAL or not known(key):
+                self._down_checks.pop(key, None)
 
     def close(self) -> None:
         self._probe.close()

@@ -102,6 +102,13 @@ class Waker:
             return failure[0]
         return None
 
+    def prune(self, known: Callable[[str], bool]) -> None:
+        """Forget failures that are old, or of apps that are gone."""
+        now = time.monotonic()
+        for key, (_, at) in list(self._failures.items()):
+            if now - at >= FAILURE_MEMORY or not known(key):
+                self._failures.pop(key, None)
+
     # -- internals --------------------------------------------------------------
 
     def _wake(self, app: AppInfo, reason: str, recheck: bool) -> None:
