@@ -129,7 +129,7 @@ def test_slow_stream_shows_its_first_bytes_at_once(paastis):
     total = time.monotonic() - started
     assert first == b"chunk 0\n"
     assert rest == b"chunk 1\nchunk 2\nchunk 3\n"
-    assert first_after < total - 2  # the first chunk came well before the upstream finished
+    assert total - first_after >= 2  # the first chunk came while the upstream still had seconds to go
 
 
 def worker_rss_kib(server: Gunicorn) -> int:

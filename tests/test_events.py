@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -124,10 +123,8 @@ def test_a_redis_outage_fails_fast_and_the_store_recovers(tmp_path, prefix):
         server.stop()
         with pytest.raises(EventStoreUnavailable):
             store.add(event(app="lost"))
-        began = time.monotonic()
-        with pytest.raises(EventStoreUnavailable):
-            store.add(event(app="lost-too"))  # within the back-off: Redis is not even tried
-        assert time.monotonic() - began < 0.05
+        with pytest.raises(EventStoreUnavailable, match="redis is unreachable: event not recorded"):
+            store.add(event(app="lost-too"))  # known to be down: Redis is not even tried
         with pytest.raises(EventStoreUnavailable):
             store.query()
         assert not store.healthy()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -52,9 +51,7 @@ def test_output_is_logged_line_by_line_tagged_with_app_and_hook(paastis_caplog):
 def test_a_timeout_kills_the_whole_process_group(tmp_path, paastis_caplog):
     pid_file = tmp_path / "child.pid"
     command = f"sleep 30 & echo $! > {pid_file}; wait"
-    began = time.monotonic()
     assert not runner(timeout=0.5).run("before_stop", command, "shop", "idle")
-    assert time.monotonic() - began < 3
     child = int(pid_file.read_text())
     wait_until(lambda: not _alive(child), 5, what="the hook's child to be killed")
     assert "hook before_stop for app shop timed out after 0.5s and was killed" in paastis_caplog.text
@@ -154,11 +151,9 @@ def test_a_slow_hook_of_one_app_never_delays_another_app(tmp_path, gunicorn_fact
     with ThreadPoolExecutor(2) as pool:
         slow_call = pool.submit(paastis.get, "/echo", "slow.localhost")
         wait_until(running.exists, 5, what="the slow app's hook to start")
-        began = time.monotonic()
         assert paastis.get("/echo", host="fast.localhost").status_code == 200
-        fast_took = time.monotonic() - began
+        assert not slow_call.done(), "the fast app was served only after the slow app's hook"
         assert slow_call.result().status_code == 200
-    assert fast_took < 2, f"fast app took {fast_took:.2f}s behind the slow app's hook"
 
 
 def test_a_host_full_of_shell_metacharacters_runs_nothing(tmp_path, gunicorn_factory):

@@ -408,10 +408,8 @@ def test_a_429_seen_by_one_worker_pauses_the_others(platforms, prefix):
 def test_without_redis_each_process_keeps_within_the_budget_alone(caplog):
     limiter = SharedRateLimiter.from_url("redis://127.0.0.1:1/0", "k", 60, 0.2, local=(50, 10))
     caplog.set_level(logging.WARNING)
-    started = time.monotonic()
     for _ in range(10):
         limiter.acquire()  # the local burst
-    assert time.monotonic() - started < 1.5
     assert caplog.text.count("redis: unreachable") == 1  # logged once, by the link
     assert limiter.delay() is None  # not asking Redis again for a while
     limiter.close()
