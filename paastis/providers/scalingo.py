@@ -337,7 +337,7 @@ class ScalingoProvider:
 
     def _wait_while_busy(self, app: AppInfo) -> bool:
         """Poll the app while an operation runs (``scaling``, ``restarting``); True if it was busy."""
-        deadline = time.monotonic() + self.operation_timeout
+        deadline = min(time.monotonic() + self.operation_timeout, deadlines.current() or float("inf"))
         delay = FIRST_OPERATION_POLL
         busy = False
         while self._app(app).get("status") in ("scaling", "restarting"):
