@@ -1,253 +1,36 @@
-"""paastis: a reverse proxy that puts idle PaaS apps to sleep and wakes them on the first request."""
+"""paastis: a reverse proxy that puts idle PaaS apps to sleep and wakes them on the first request.
+
+The package itself stays light on purpose: gunicorn's master imports ``paastis.config`` and
+``paastis.worker``, and that must not load Flask, requests and the whole app into the master
+(an idle instance would weigh about 15 MB more). ``create_app`` and the object graph live in
+:mod:`paastis.wiring`, loaded on first use by ``from paastis import create_app``.
+"""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
-from gunicorn.http.errors import NoMoreData, ParseException
-
-from . import logs, startup
-from .bulkhead import Bulkhead
-from .cli import cli
 from .config import ConfigError, Settings
-from .dashboard import Dashboard, init_dashboard
-from .directory import Directory
-from .dry_run import DryRun
-from .events import EventStore, InMemoryEventStore
-from .hooks import HookRunner
-from .lifecycle import Lifecycle
-from .marks import InMemoryMarks, Marks, RedisMarks
-from .metrics import Metrics
-from .passive import PassiveVisitors
-from .providers import Provider, build_provider
-from .proxy import Proxy, client_body_failure
-from .proxy import bp as proxy_blueprint
-from .registry import InMemoryRegistry, Registry
-from .relay import Relay
-from .rules import Rules, load_config_file
-from .savings import Savings
-from .schedule_runner import ScheduleRunner
-from .sleep_gate import SleepGate
-from .supervisor import Leadership, SoleLeader, Supervisor
-from .system_api import bp as system_api_blueprint
-from .upgrade import Upgrades
-from .waiting import WaitingRoom, duration
-from .wake_times import WakeTimes
-from .worker import ClientBodyTimeout
 
-if TYPE_CHECKING:  # redis-py is only imported by instances that use Redis
-    from .lifecycle.waker import ClusterLock
-    from .redis_link import RedisLink
+if TYPE_CHECKING:
+    from .wiring import Paastis, build_event_store, build_redis_link, build_registry, create_app
 
-__all__ = ["ConfigError", "Paastis", "Settings", "create_app"]
+__all__ = [
+    "ConfigError",
+    "Paastis",
+    "Settings",
+    "build_event_store",
+    "build_redis_link",
+    "build_registry",
+    "create_app",
+]
 
-log = logging.getLogger(__name__)
-
-# What gunicorn raises into a route reading a broken request body (paastis.worker adds the silence timeout).
-CLIENT_BODY_ERRORS = (ParseException, NoMoreData, ClientBodyTimeout)
+# What ``from paastis import ...`` finds in :mod:`paastis.wiring`.
+WIRING = frozenset(__all__) - {"ConfigError", "Settings"}
 
 
-@dataclass
-class Paastis:
-    """The object graph of one paastis instance, kept in ``app.extensions["paastis"]``."""
-
-    settings: Settings
-    metrics: Metrics
-    rules: Rules
-    provider: Provider
-    registry: Registry
-    events: EventStore
-    directory: Directory
-    lifecycle: Lifecycle
-    supervisor: Supervisor
-    proxy: Proxy
-    upgrades: Upgrades
-    waiting_room: WaitingRoom
-    gate: SleepGate
-    savings: Savings  # the dashboard calls savings.report(since, until, app)
-    dashboard: Dashboard | None = None  # only with PAASTIS_DASHBOARD_HOST
-    redis_link: RedisLink | None = None  # the one Redis connection state, shared by everything using Redis
-
-    def close(self) -> None:
-        """Stop the supervisor and release sessions; tests build and close many instances."""
-        self.upgrades.close()  # first: WebSockets get their Close frame (1001) at once, while the registry works
-        self.supervisor.stop()
-        self.proxy.close()
-        self.lifecycle.close()
-        self.provider.close()
-        self.registry.close()
-        self.events.close()
-        if self.redis_link is not None:
-            self.redis_link.close()
-
-
-def create_app(settings: Settings | None = None, *, start_supervisor: bool = False) -> Flask:
-    """Wire one paastis instance.
-
-    The supervisor thread is not started here: gunicorn starts it in each worker after
-    fork (see ``gunicorn.conf.py``), and tests start it only when they need it.
-    """
-    settings = settings or Settings.from_env()
-    logs.configure(settings.log_level, settings.log_format)
-    config = load_config_file(settings.config_file)
-    metrics = Metrics()
-    rules = Rules(settings, config.get("rules"))
-    redis_link = build_redis_link(settings)
-    provider = build_provider(settings, config, metrics, redis_link)
-    registry = build_registry(settings, redis_link)
-    events = build_event_store(settings, redis_link)
-    directory = Directory(provider, rules, settings.directory_ttl)
-    hooks = HookRunner(
-        provider=provider.name,
-        region=settings.env.get("PROVIDER_REGION"),
-        timeout=settings.hooks_timeout,
-        strict=settings.hooks_strict,
-        on_result=metrics.hook_result,
-    )
-    marks = build_marks(settings, redis_link)
-    dry_run = DryRun(registry, events, marks) if settings.dry_run else None
-    ca_bundle = settings.env.get("REQUESTS_CA_BUNDLE") or settings.env.get("CURL_CA_BUNDLE")
-    relay = Relay(registry, metrics, websocket_idle_timeout(settings, rules), settings.max_websockets)
-    upgrades = Upgrades(relay, ca_bundle)
-    lifecycle = Lifecycle(
-        provider,
-        registry,
-        directory,
-        rules,
-        events,
-        hooks,
-        metrics,
-        operation_timeout=settings.provider_operation_timeout(provider.name),
-        dry_run=dry_run,
-        close_connections=upgrades.close_app,
-        stop_concurrency=settings.stop_concurrency,
-        **({"cluster_lock": lock} if (lock := build_cluster_lock(settings, redis_link)) else {}),
-    )
-    savings = Savings(
-        events, registry, rules, provider.name, settings.currency, settings.timezone, settings.dry_run, marks
-    )
-    metrics.registry.register(savings)  # paastis_app_asleep_seconds_total and friends, computed at scrape time
-    runner = ScheduleRunner(lifecycle, provider, directory, rules, registry, marks)
-    jobs = [("schedule", runner.tick), ("savings summary", savings.log_daily_summary)]
-    if dry_run is not None:
-        jobs.append(("dry run", dry_run.tick))
-    leadership = build_leadership(settings, redis_link)
-    supervisor = Supervisor(
-        lifecycle, settings.checking_interval, leadership, metrics, jobs, cron=settings.checking_cron
-    )
-    ca_bundle = settings.env.get("REQUESTS_CA_BUNDLE") or settings.env.get("CURL_CA_BUNDLE")
-    proxy = Proxy(
-        metrics,
-        lambda key: rules.policy(key).wake_strategy,
-        ca_bundle,
-        connect_timeout=settings.upstream_connect_timeout,
-        read_timeout_of=lambda key: rules.policy(key).upstream_read_timeout,
-        bulkhead=Bulkhead(settings.max_in_flight_per_app),
-    )
-    gate = SleepGate(rules, PassiveVisitors(settings.passive_user_agents), metrics, settings.dry_run)
-
-    app = Flask(__name__)
-    wake_times = WakeTimes(events)
-    app.extensions["paastis"] = paastis = Paastis(
-        settings,
-        metrics,
-        rules,
-        provider,
-        registry,
-        events,
-        directory,
-        lifecycle,
-        supervisor,
-        proxy,
-        upgrades,
-        WaitingRoom(wake_times),
-        gate,
-        savings,
-        redis_link=redis_link,
-    )
-    app.cli.add_command(cli)
-    app.add_template_filter(duration)
-    app.register_blueprint(proxy_blueprint)
-    for error in CLIENT_BODY_ERRORS:
-        app.register_error_handler(error, client_body_failure)
-    if settings.system_api_enabled:
-        app.register_blueprint(system_api_blueprint)
-    if settings.dashboard_host:
-        paastis.dashboard = init_dashboard(app, settings, wake_times)
-    if start_supervisor:
-        supervisor.start()
-    startup.report(settings, rules)  # once per instance: under gunicorn the master already did
-    log.debug("worker ready: provider=%s registry=%s", provider.name, settings.registry_type)
-    return app
-
-
-def websocket_idle_timeout(settings: Settings, rules: Rules) -> Callable[[str], float]:
-    """Seconds a quiet upgraded connection of an app still counts: WEBSOCKET_IDLE_TIMEOUT, else its max idle time."""
-    if settings.websocket_idle_timeout is not None:
-        fixed = settings.websocket_idle_timeout * 60
-        return lambda key: fixed
-    return lambda key: rules.policy(key).max_idle_time * 60
-
-
-def build_redis_link(settings: Settings) -> RedisLink | None:
-    """One connection state for everything that uses Redis (registry, locks, events, rate limit), if anything does."""
-    if "redis" not in (settings.registry_type, settings.events_store_type):
-        return None
-    from .redis_link import RedisLink
-
-    assert settings.redis_url is not None  # Settings refuses redis without a URL
-    return RedisLink(settings.redis_url, settings.redis_prefix, settings.redis_socket_timeout)
-
-
-def build_registry(settings: Settings, link: RedisLink | None = None) -> Registry:
-    """In memory (one process), or in Redis (shared by every worker of every instance)."""
-    if settings.registry_type != "redis":
-        return InMemoryRegistry()
-    from .redis_registry import RedisRegistry
-
-    return RedisRegistry(link or build_redis_link(settings))
-
-
-def build_marks(settings: Settings, link: RedisLink | None) -> Marks:
-    """The leader's notes live where the registry lives, so that a new leader reads them."""
-    if settings.registry_type == "redis" and link is not None:
-        return RedisMarks(link)
-    return InMemoryMarks()
-
-
-def build_leadership(settings: Settings, link: RedisLink | None) -> Leadership:
-    """Who runs the idle checks: the only process (in memory), or the holder of a lock in Redis."""
-    if settings.registry_type != "redis" or link is None:
-        return SoleLeader()
-    from .leader import RedisLeadership
-
-    return RedisLeadership(link, settings.supervisor_lock_ttl)
-
-
-def build_cluster_lock(settings: Settings, link: RedisLink | None) -> ClusterLock | None:
-    """Per-app locks across instances, when they share a Redis registry (else each instance is alone)."""
-    if settings.registry_type != "redis" or link is None:
-        return None
-    from .leader import ClusterLocks
-
-    return ClusterLocks(link, settings.cluster_lock_ttl)
-
-
-def build_event_store(settings: Settings, link: RedisLink | None = None) -> EventStore:
-    """In memory, a Redis stream under the registry's prefix that every instance shares, or PostgreSQL."""
-    if settings.events_store_type == "postgres":
-        from .pg_events import PostgresEventStore  # psycopg is only imported by those who use it
-
-        assert settings.database_url is not None  # Settings refuses postgres without a URL
-        return PostgresEventStore(settings.database_url)
-    if settings.events_store_type != "redis":
-        return InMemoryEventStore(settings.events_max)
-    from .redis_events import RedisEventStore
-
-    own = link is None  # a store built alone (tests) has a link of its own, closed with it
-    link = link or build_redis_link(settings)
-    return RedisEventStore(link, f"{settings.redis_prefix}events", settings.events_max, owns_link=own)
+def __getattr__(name: str) -> Any:
+    if name in WIRING:
+        return getattr(import_module(".wiring", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

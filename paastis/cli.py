@@ -190,7 +190,8 @@ def cli() -> None:
 @cli.command()
 def check() -> None:
     """Validate the settings and paastis.yml as start-up does; print the summary (exit 2 on error)."""
-    from . import create_app, startup  # late: the package imports this module
+    from . import startup
+    from .wiring import create_app  # late: the wiring imports this module
 
     try:
         settings = Settings.from_env()

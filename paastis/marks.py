@@ -9,11 +9,10 @@ Redis registry, so a leader change neither repeats nor misses an action.
 from __future__ import annotations
 
 import threading
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import redis
-
-from .redis_link import RedisLink
+if TYPE_CHECKING:  # redis-py is only imported by instances that use Redis
+    from .redis_link import RedisLink
 
 
 class MarksUnavailable(Exception):
@@ -68,6 +67,8 @@ class RedisMarks:
         return self._call(lambda: self.link.client.hgetall(self.link.key("marks", book)))
 
     def _call(self, operation):  # type: ignore[no-untyped-def]
+        import redis  # loaded already: a RedisMarks only exists beside a RedisLink
+
         if self.link.down:
             raise MarksUnavailable("redis is down")
         try:
