@@ -354,3 +354,14 @@ def test_last_access_never_goes_back_when_instances_flush_out_of_order(make):
         registry.flush()
         assert reader.get("demo").last_accessed_at >= newest
     assert reader.all()[0].last_accessed_at >= newest
+
+
+def test_an_in_flight_set_expires_by_itself(make, prefix, raw):
+    """A crashed instance cannot withdraw its entry: the set still goes, with the last entry's lifetime."""
+    registry = make(in_flight_ttl=30)
+    registry.register(an_app("a"))
+    token = registry.begin_request("a")
+    try:
+        assert 0 < raw.pttl(f"{prefix}registry:inflight:a") <= 31_000
+    finally:
+        registry.end_request("a", token)
