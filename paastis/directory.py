@@ -54,7 +54,8 @@ class Directory:
         self.rules = rules
         self.ttl = ttl
         self._listing = Listing()
-        self._refreshed_at: float | None = None
+        self._refreshed_at: float | None = None  # when the last listing began (a failed one counts)
+        self._answered = False  # a listing has ended (listed or failed): before that, readers wait for it
         self.last_error: str | None = None  # why the last listing failed, while it is the latest word
         self._gate = threading.Lock()  # one listing at a time
         self._edit = threading.Lock()  # publishing a listing vs. forgetting an app (no provider call under it)
@@ -62,7 +63,10 @@ class Directory:
     def refresh(self) -> list[AppInfo]:
         """List the provider's apps now (raises the provider's error, keeping the old list)."""
         with self._gate:
-            return self._list()
+            try:
+                return self._list()
+            finally:
+                self._answered = True
 
     def apps(self) -> list[AppInfo]:
         """The cached list, listing once if it was never filled."""
@@ -80,7 +84,7 @@ class Directory:
         """The app a request key stands for: a rule's ``app_name``, else the key itself."""
         target = self.rules.policy(key).app_name
         app = self._find(self._listing, key, target)
-        if app is None and self._stale():
+        if app is None and (self._stale() or not self._answered):
             self._refresh_quietly()
             app = self._find(self._listing, key, target)
         return app
@@ -119,7 +123,7 @@ class Directory:
         Only before the first listing does a reader wait for another's: an empty list knows
         nothing, and would turn every app into a 404.
         """
-        if not self._gate.acquire(blocking=self._refreshed_at is None):
+        if not self._gate.acquire(blocking=not self._answered):
             return
         try:
             if not self._stale():
@@ -130,4 +134,5 @@ class Directory:
             except Exception as error:  # noqa: BLE001 - logged; the cache stays as it was
                 log.warning("directory: could not list %s apps: %s", self.provider.name, error)
         finally:
+            self._answered = True
             self._gate.release()
