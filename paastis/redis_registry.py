@@ -185,6 +185,13 @@ class RedisRegistry:
             here = activity.count if activity else 0
         return here + self._call(lambda: self._count_others(key), lambda: 0)
 
+    def in_flight_many(self, keys: list[str]) -> dict[str, int]:
+        """:meth:`in_flight` for many apps in one round trip (the idle check asks for all its candidates)."""
+        with self._lock:
+            here = {key: (a.count if (a := self._activity.get(key)) else 0) for key in keys}
+        others = self._call(lambda: self._count_others_many(keys), lambda: dict.fromkeys(keys, 0))
+        return {key: here[key] + others[key] for key in keys}
+
     # -- memos ------------------------------------------------------------------
 
     def remember(self, key: str, memo: dict[str, Any]) -> None:
@@ -309,12 +316,16 @@ class RedisRegistry:
         return apps
 
     def _count_others(self, key: str) -> int:
+        return self._count_others_many([key])[key]
+
+    def _count_others_many(self, keys: list[str]) -> dict[str, int]:
         now = time.time()
         pipe = self.client.pipeline(transaction=False)
-        pipe.zremrangebyscore(self.in_flight_key(key), "-inf", now)  # crashed instances' entries
-        pipe.zrangebyscore(self.in_flight_key(key), now, "+inf")
-        _, members = pipe.execute()
-        return sum(1 for member in members if member != self.link.instance)
+        for key in keys:
+            pipe.zremrangebyscore(self.in_flight_key(key), "-inf", now)  # crashed instances' entries
+            pipe.zrangebyscore(self.in_flight_key(key), now, "+inf")
+        results = pipe.execute() if keys else []
+        return {key: sum(1 for m in results[2 * i + 1] if m != self.link.instance) for i, key in enumerate(keys)}
 
     def _publish(self, keys: list[str], renew: bool = True) -> None:
         """Add or renew our in-flight entries, and read the apps back after (one round trip).

@@ -59,6 +59,7 @@ class Registry(Protocol):
         """The request (or upgraded connection) is over; its last access was ``accessed_at`` (default: now)."""
 
     def in_flight(self, key: str) -> int: ...
+    def in_flight_many(self, keys: list[str]) -> dict[str, int]: ...
     def remember(self, key: str, memo: dict[str, Any]) -> None: ...
     def recall(self, key: str) -> dict[str, Any] | None: ...
     def clear(self) -> None: ...
@@ -110,6 +111,9 @@ class InMemoryRegistry:
 
     def in_flight(self, key: str) -> int:
         return self._in_flight.get(key, 0)
+
+    def in_flight_many(self, keys: list[str]) -> dict[str, int]:
+        return {key: self._in_flight.get(key, 0) for key in keys}
 
     def remember(self, key: str, memo: dict[str, Any]) -> None:
         with self._lock:

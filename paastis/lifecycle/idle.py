@@ -94,37 +94,28 @@ class IdleCheck:
             self.journal.forgotten(key, "idle", "the provider no longer lists it (or a renamed key holds it)")
             del entries[key]
         holders = self._holders(entries)
-        now = utcnow()
-        alone: dict[str, bool] = {}
-        idle = [
-            listed[key]
-            for key, entry in entries.items()
-            if self._idle(entry, entries, holders.get(key, set()), now, alone)
-        ]
+        idle = [listed[key] for key in self._idle_keys(entries, holders)]
         for app in idle:
             self._queue_stop(app, holders.get(app.key, set()))
         self._report(len(apps), len(entries), len(idle))
 
-    def _idle(
-        self,
-        entry: RunningApp,
-        entries: dict[str, RunningApp],
-        holders: set[str],
-        now: datetime,
-        alone: dict[str, bool],
-    ) -> bool:
-        """Cheapest tests first: managed, not already stopping, then time, then requests in flight."""
-        if not self.rules.policy(entry.key).managed or entry.key in self._stopping or self.flights.busy(entry.key):
-            return False
-        return all(self._idle_alone(key, entries, now, alone) for key in (entry.key, *holders))
-
-    def _idle_alone(self, key: str, entries: dict[str, RunningApp], now: datetime, alone: dict[str, bool]) -> bool:
-        if key not in alone:
-            entry = entries.get(key)
-            alone[key] = entry is None or (  # an app no longer registered holds nothing
-                self._expired(key, entry, now) and self.registry.in_flight(key) == 0
-            )
-        return alone[key]
+    def _idle_keys(self, entries: dict[str, RunningApp], holders: dict[str, set[str]]) -> list[str]:
+        """Cheapest tests first: managed and not already stopping, then the clock (theirs and their
+        holders'), and only then requests in flight, asked for all remaining apps at once."""
+        now = utcnow()
+        expired = {key for key, entry in entries.items() if self._expired(key, entry, now)}
+        candidates = [
+            key
+            for key in entries
+            if key in expired
+            and self.rules.policy(key).managed
+            and key not in self._stopping
+            and not self.flights.busy(key)
+            and all(holder in expired for holder in holders.get(key, ()) if holder in entries)
+        ]
+        asked = sorted({k for key in candidates for k in (key, *holders.get(key, ())) if k in entries})
+        busy = {key for key, count in self.registry.in_flight_many(asked).items() if count > 0}
+        return [key for key in candidates if key not in busy and not (holders.get(key, set()) & busy)]
 
     def _expired(self, key: str, entry: RunningApp, now: datetime) -> bool:
         """Unused for longer than its idle time, and outside its ``awake_during`` windows."""
@@ -188,5 +179,6 @@ class IdleCheck:
         if key not in entries:
             return False
         now = utcnow()
-        alone: dict[str, bool] = {}
-        return all(self._idle_alone(k, entries, now, alone) for k in (key, *holders))
+        if not all(self._expired(k, entry, now) for k, entry in entries.items()):
+            return False
+        return not any(self.registry.in_flight_many(sorted(entries)).values())
