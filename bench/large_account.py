@@ -50,6 +50,7 @@ class _Upstream(BaseHTTPRequestHandler):
     """The one upstream every light app's URL points at: answers 200 at once."""
 
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go in separate writes
 
     def do_GET(self) -> None:
         self.send_response(200)
@@ -361,7 +362,9 @@ def bench_memory(args: argparse.Namespace) -> None:
                 baseline = None
                 batches = args.apps // batch
                 for number in range(batches):
+                    started = time.monotonic()
                     come_and_go(account, paastis, client, names(f"review{number}", batch))
+                    print(f"  batch {number + 1}/{batches}: {time.monotonic() - started:.1f}s", file=sys.stderr)
                     if number == 1:  # after a warm-up of two batches: every lazy structure exists
                         baseline = measure()
                 after_apps = measure()
