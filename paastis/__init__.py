@@ -9,6 +9,8 @@ The package itself stays light on purpose: gunicorn's master imports ``paastis.c
 from __future__ import annotations
 
 from importlib import import_module
+from importlib.util import find_spec
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError, Settings
@@ -26,11 +28,12 @@ __all__ = [
     "create_app",
 ]
 
-# What ``from paastis import ...`` finds in :mod:`paastis.wiring`.
-WIRING = frozenset(__all__) - {"ConfigError", "Settings"}
-
 
 def __getattr__(name: str) -> Any:
-    if name in WIRING:
-        return getattr(import_module(".wiring", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    """``from paastis import create_app`` (or any other name of :mod:`paastis.wiring`) loads the wiring then."""
+    if name.startswith("__") or find_spec(f"{__name__}.{name}") is not None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")  # a submodule: imported as such
+    value = getattr(import_module(".wiring", __name__), name, None)
+    if value is None or isinstance(value, ModuleType):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return value
