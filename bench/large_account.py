@@ -297,9 +297,7 @@ def run_stop_crowd(account: Account, args: argparse.Namespace, known: bool) -> N
             quiet = timed_wake(lifecycle, wake_me)
             lifecycle.stop(wake_me, "manual")
             wait(lambda: account.ask("status", "wake-me") == "stopped", 120)
-            before = {"scale": account.calls("POST", r"/v1/apps/idle-.*/scale")}
-            before["formation"] = account.calls("GET", r"/v1/apps/idle-.*/containers")
-            before["listings"] = account.calls("GET", "/v1/apps")
+            before = crowd_calls(account)
             paastis.supervisor.start()
             wait(lambda: stops_done(paastis) > 0, 90)
             crowd_began = time.monotonic()
@@ -309,14 +307,14 @@ def run_stop_crowd(account: Account, args: argparse.Namespace, known: bool) -> N
             time.sleep(max(0.0, remaining))
             elapsed = time.monotonic() - crowd_began
             stops = stops_done(paastis)
-            scales = account.calls("POST", r"/v1/apps/idle-.*/scale") - before["scale"]
-            reads = account.calls("GET", r"/v1/apps/idle-.*/containers") - before["formation"]
-            listings = account.calls("GET", "/v1/apps") - before["listings"]
+            after = crowd_calls(account)
+            scales, reads, others = (after[kind] - before[kind] for kind in ("scale", "formation", "other"))
+            listings = after["listings"] - before["listings"]
             print(f"stop crowd, {args.running} idle apps, 60 calls/min, formation {'known' if known else 'unknown'}")
             print(f"  stops: {stops} in {elapsed:.0f}s = {stops / elapsed * 60:.1f}/min")
             print(
-                f"  API calls per stop: {(scales + reads) / max(1, stops):.2f} "
-                f"({scales} scales, {reads} formation reads)"
+                f"  API calls per stop: {(scales + reads + others) / max(1, stops):.2f} "
+                f"({scales} scales, {reads} formation reads, {others} other calls about these apps)"
             )
             print(
                 f"  listings during the crowd: {listings} in {elapsed:.0f}s "
@@ -326,6 +324,19 @@ def run_stop_crowd(account: Account, args: argparse.Namespace, known: bool) -> N
         finally:
             paastis.close()
             drop_redis_prefix(paastis)
+
+
+def crowd_calls(account: Account) -> dict[str, int]:
+    """API calls about the crowd's apps so far, by kind, and the listings."""
+    scale = account.calls("POST", r"/v1/apps/idle-[^/]+/scale")
+    formation = account.calls("GET", r"/v1/apps/idle-[^/]+/containers")
+    everything = account.calls("GET", r"/v1/apps/idle-.*") + account.calls("POST", r"/v1/apps/idle-.*")
+    return {
+        "scale": scale,
+        "formation": formation,
+        "other": everything - scale - formation,
+        "listings": account.calls("GET", "/v1/apps"),
+    }
 
 
 def stops_done(paastis: Any) -> int:

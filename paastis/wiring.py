@@ -112,7 +112,7 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
         strict=settings.hooks_strict,
         on_result=metrics.hook_result,
     )
-    marks = build_marks(settings, redis_link)
+    marks = build_marks(registry)
     dry_run = DryRun(registry, events, marks) if settings.dry_run else None
     ca_bundle = settings.env.get("REQUESTS_CA_BUNDLE") or settings.env.get("CURL_CA_BUNDLE")
     relay = Relay(registry, metrics, websocket_idle_timeout(settings, rules), settings.max_websockets)
@@ -216,11 +216,10 @@ def build_registry(settings: Settings, link: RedisLink | None = None) -> Registr
     return RedisRegistry(link or build_redis_link(settings))
 
 
-def build_marks(settings: Settings, link: RedisLink | None) -> Marks:
-    """The leader's notes live where the registry lives, so that a new leader reads them."""
-    if settings.registry_type == "redis" and link is not None:
-        return RedisMarks(link)
-    return InMemoryMarks()
+def build_marks(registry: Registry) -> Marks:
+    """The leader's notes live where the registry lives (on its Redis link), so that a new leader reads them."""
+    link = getattr(registry, "link", None)  # only the Redis registry has one
+    return RedisMarks(link) if link is not None else InMemoryMarks()
 
 
 def build_leadership(settings: Settings, link: RedisLink | None) -> Leadership:

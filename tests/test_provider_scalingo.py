@@ -12,6 +12,7 @@ import pytest
 from paastis.config import ConfigError, Settings
 from paastis.metrics import Metrics
 from paastis.providers import FAILED, RUNNING, STARTING, STOPPED, AppInfo, AppNotFound, ProviderAuthError, ProviderError
+from paastis.providers.priority import background_calls
 from paastis.providers.scalingo import ScalingoProvider, jwt_lifetime, regional_urls
 from paastis.providers.shared_limiter import SharedRateLimiter
 from tests.fakes.platform import closing_factory
@@ -168,7 +169,8 @@ def test_formation_is_remembered_on_stop_and_restored_exactly(platforms):
     shop = listed(provider, "shop")
     assert shop.status == RUNNING and shop.upstream_url == app.process.url
 
-    memo = provider.stop(shop)
+    with background_calls():  # an idle stop: nobody waits for it
+        memo = provider.stop(shop)
     assert app.amounts() == {"web": 0, "worker": 0, "clock": 0}
     assert platform.calls("POST", "/v1/apps/shop/scale") == 1
     assert platform.calls("GET", "/v1/apps/shop/operations/.*") == 0  # not followed: the next listing tells
@@ -192,14 +194,16 @@ def test_a_stop_costs_one_call_with_the_formation_known_and_two_without(platform
     shop = listed(provider, "shop")
     before = api_calls(platform)
 
-    memo = provider.stop(shop)  # nothing known: read the formation, then scale
+    with background_calls():  # idle stops
+        memo = provider.stop(shop)  # nothing known: read the formation, then scale
     assert api_calls(platform) - before == 2
     wait_until(lambda: listed(provider, "shop").status == STOPPED, 10)
     running = provider.start(shop, memo)  # remembered at wake time
     wait_until(lambda: listed(provider, "shop").status == RUNNING, 10)
 
     before = api_calls(platform)
-    assert provider.stop(shop, running) == memo
+    with background_calls():
+        assert provider.stop(shop, running) == memo
     assert api_calls(platform) - before == 1  # the scale alone
     assert app.amounts() == {"web": 0, "worker": 0}
 
@@ -227,7 +231,8 @@ def test_a_start_right_after_a_stop_waits_for_the_scale_down_to_finish(platforms
     app = platform.add_app("shop", formation={"web": (1, "M")}, running=True, boot_delay=0.5)
     provider = provider_for(platform)
     shop = listed(provider, "shop")
-    memo = provider.stop(shop)
+    with background_calls():  # an idle stop, not followed
+        memo = provider.stop(shop)
     assert provider.status(shop) == STARTING  # Scalingo says "scaling": no other operation is doable
     provider.start(shop, memo)
     assert app.amounts() == {"web": 1}
@@ -413,3 +418,12 @@ def test_without_redis_each_process_keeps_within_the_budget_alone(caplog):
     assert caplog.text.count("redis: unreachable") == 1  # logged once, by the link
     assert limiter.delay() is None  # not asking Redis again for a while
     limiter.close()
+
+
+def test_a_stop_an_operator_waits_for_is_followed_to_its_end(platforms):
+    platform = platforms()
+    app = platform.add_app("shop", running=True)
+    provider = provider_for(platform)
+    provider.stop(listed(provider, "shop"))  # not in the background: the admin API, the CLI, the dashboard
+    assert platform.calls("GET", "/v1/apps/shop/operations/.*") >= 1
+    assert listed(provider, "shop").status == STOPPED and not app.process.running

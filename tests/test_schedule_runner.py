@@ -143,10 +143,12 @@ def test_inside_an_awake_window_an_app_is_never_stopped_for_idleness(tmp_path):
             paastis.lifecycle.ensure_awake(paastis.directory.resolve(name))
         entries = [paastis.registry.get(name) for name in ("kept", "plain")]
         wait_until(lambda: all(e.idle_seconds(datetime.now(zone)) > 0.2 for e in entries), 5, what="both apps idle")
-        paastis.lifecycle.check_idle()
-        assert not port_open(plain_port)  # idle: stopped
+        paastis.lifecycle.check_idle()  # decides, and queues the stop on the stop pool
+        idle = paastis.lifecycle.idle
+        wait_until(lambda: not port_open(plain_port) and not idle.stopping, 10, what="the idle app to be stopped")
         assert port_open(kept_port)  # idle too, but inside its awake window
         paastis.lifecycle.check_idle()
+        assert not idle.stopping  # nothing queued
         assert port_open(kept_port) and paastis.registry.get("kept") is not None
     finally:
         for name in ("kept", "plain"):

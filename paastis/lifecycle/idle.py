@@ -80,6 +80,12 @@ class IdleCheck:
         holders = {e.key for e in self.registry.all() if e.key != app.key and app.key in self.lookup.links_of(e.key)}
         return self._still_idle(app.key, holders)
 
+    @property
+    def stopping(self) -> frozenset[str]:
+        """The apps whose idle stop is queued or under way."""
+        with self._lock:
+            return frozenset(self._stopping)
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 

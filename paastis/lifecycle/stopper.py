@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 
 from .. import events as ev
 from ..dry_run import DryRun
@@ -25,6 +26,8 @@ from .journal import Journal
 from .waker import ClusterLock
 
 log = logging.getLogger("paastis.lifecycle")
+
+UNATTENDED = ("idle", "schedule")  # stops nobody waits for: they spend the API budget last, and are not followed
 
 
 class Stopper:
@@ -73,8 +76,8 @@ class Stopper:
             with about_app(app.key), self.cluster_lock(app.key) as ours:
                 if not ours or (still_idle is not None and not still_idle(app)):
                     return False  # another instance is starting or stopping it, or it was used meanwhile
-                if self._already_stopped(app, reason):
-                    return True
+                if reason != "idle" and self._already_stopped(app, reason):
+                    return True  # (an idle app was just listed as running: no call to ask again)
                 return self._stop(app, reason, policy.hooks)
         finally:
             self.flights.land(app.key, flight)
@@ -109,7 +112,7 @@ class Stopper:
         self.close_connections(app.key)  # with a Close frame (1001) rather than a reset by the dying app
         try:
             log.info("stopping %s (%s)", app.key, reason)
-            with background_calls():  # a wake's API calls go first
+            with background_calls() if reason in UNATTENDED else nullcontext():  # a wake's API calls go first
                 memo = self.provider.stop(app, self.registry.recall(app.key))
         except ProviderError as error:
             if entry is not None:

@@ -37,6 +37,7 @@ from .base import (
     ProviderTimeout,
 )
 from .http import ApiClient, RateLimiter
+from .priority import in_background
 
 if TYPE_CHECKING:
     from ..redis_link import RedisLink
@@ -301,7 +302,9 @@ class ScalingoProvider:
         """Scale every type that has containers to 0; return the formation it had.
 
         With a remembered formation this is one call (the scale); otherwise the formation is read
-        first (two). The scale's operation is not followed: the next listing says ``stopped``.
+        first (two). The scale's operation is followed only when someone waits for the stop (an
+        operator); a stop nobody waits for (:func:`~paastis.providers.priority.background_calls`,
+        the idle stops) is confirmed by the next listing instead.
         """
         known = formation_from_memo(memo)
         if known is not None:
@@ -318,6 +321,11 @@ class ScalingoProvider:
         if not to_zero:
             return None  # already at 0: keep whatever formation was remembered before
         response = self._post(app, "scale", {"containers": to_zero})
+        if not in_background():
+            try:
+                self._follow(app, response, "scale")
+            except ProviderError as error:  # the scale was accepted: what must not be lost is the formation
+                log.warning("%s: scaling %s down was accepted but did not finish cleanly: %s", NAME, app.key, error)
         still_up = {c["name"]: c for c in _containers(response) if c["amount"] > 0}
         memo = [still_up.pop(c["name"], c) for c in formation] + list(still_up.values())
         if still_up:  # scaled up behind our back: remembered now, scaled down by the next stop
