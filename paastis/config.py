@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from croniter import croniter
 from dotenv import dotenv_values
 
 from .passive import DEFAULT_USER_AGENTS, PassivePatternError, compile_paths, compile_user_agents
@@ -197,6 +196,8 @@ def read_checking_schedule(env: Env) -> tuple[float, str | None]:
         raise ConfigError(
             "START_AND_STOP_CHECKING_INTERVAL and START_AND_STOP_CHECKING_INTERVAL_CRON are both set: keep one"
         )
+    from croniter import croniter  # only with a cron expression: an idle instance does without it
+
     if not croniter.is_valid(cron, second_at_beginning=len(cron.split()) == 6):
         raise ConfigError(
             f"START_AND_STOP_CHECKING_INTERVAL_CRON={cron!r} is not a cron expression "

@@ -16,7 +16,6 @@ from typing import Any
 
 from .config import ConfigError, Settings, read_environment
 from .logs import format_line
-from .metrics import Metrics
 from .providers import build_provider
 from .rules import Rules, load_config_file
 
@@ -42,7 +41,7 @@ def check(settings: Settings | None = None) -> Checked:
     settings = settings or Settings.from_env()
     config = load_config_file(settings.config_file)
     rules = Rules(settings, config.get("rules"))
-    provider = build_provider(settings, config, Metrics())
+    provider = build_provider(settings, config, None)  # no metrics: only checked here
     try:
         settings.provider_operation_timeout(provider.name)
         apps = tuple(app.key for app in provider.list_apps()) if provider.name == "local" else None

@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 import schedule
-from croniter import croniter
 
 from .lifecycle import Lifecycle
 from .metrics import Metrics
@@ -46,6 +45,8 @@ class CronTimes:
     """
 
     def __init__(self, expression: str):
+        from croniter import croniter  # only with a cron expression: an idle instance does without it
+
         self._times = croniter(expression, datetime.now(UTC), second_at_beginning=len(expression.split()) == 6)
         self.next_at: datetime = self._times.get_next(datetime)
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from importlib import import_module
+from typing import TYPE_CHECKING
 
 from ..config import Settings
-from ..metrics import Metrics
 from .base import (
     FAILED,
     RUNNING,
@@ -19,6 +19,9 @@ from .base import (
     ProviderError,
     ProviderTimeout,
 )
+
+if TYPE_CHECKING:  # prometheus_client is not needed to build a provider (gunicorn's master checks one)
+    from ..metrics import Metrics
 
 __all__ = [
     "FAILED",
@@ -43,7 +46,7 @@ MODULES = {
 }
 
 
-def build_provider(settings: Settings, config: dict, metrics: Metrics, redis_link: object = None) -> Provider:
+def build_provider(settings: Settings, config: dict, metrics: Metrics | None, redis_link: object = None) -> Provider:
     """Instantiate the provider named by ``PROVIDER_NAME`` (only its module is imported); it validates its settings.
 
     ``redis_link`` is the instance's :class:`~paastis.redis_link.RedisLink`, if it uses Redis:

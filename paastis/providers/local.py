@@ -18,16 +18,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import requests
 
 from .. import deadlines
 from ..config import ConfigError, Settings
-from ..metrics import Metrics
 from ..routing import is_valid_app_key
 from .base import FAILED, RUNNING, STARTING, STOPPED, AppInfo, AppNotFound, ProviderError, ProviderTimeout
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class LocalProvider:
             self.state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise ConfigError(f"PAASTIS_STATE_DIR={str(state_dir)!r} cannot be created: {error.strerror}") from None
-        self._http = requests.Session()
+        self._http: Any = None  # a requests.Session, made on first use (gunicorn's master never needs one)
 
     @classmethod
     def from_settings(
@@ -223,7 +223,8 @@ class LocalProvider:
         return self._app(app).ready_path
 
     def close(self) -> None:
-        self._http.close()
+        if self._http is not None:
+            self._http.close()
 
     # -- helpers ----------------------------------------------------------------
 
@@ -239,6 +240,10 @@ class LocalProvider:
             return False
         if not app.ready_path:
             return True
+        import requests  # here: building the provider (gunicorn's master checks it) must not load requests
+
+        if self._http is None:
+            self._http = requests.Session()
         try:
             response = self._http.get(app.url + app.ready_path, timeout=2, allow_redirects=False)
         except requests.RequestException:
