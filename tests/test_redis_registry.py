@@ -38,6 +38,20 @@ def make(prefix):
 
 
 @pytest.fixture
+def links(prefix):
+    """Redis links (one per simulated instance), closed after the test."""
+    made: list[RedisLink] = []
+
+    def build(url: str = SHARED_URL, key_prefix: str | None = None, timeout: float = 0.5) -> RedisLink:
+        made.append(RedisLink(url, prefix if key_prefix is None else key_prefix, timeout))
+        return made[-1]
+
+    yield build
+    for link in made:
+        link.close()
+
+
+@pytest.fixture
 def raw():
     client = redis.Redis.from_url(SHARED_URL, decode_responses=True)
     yield client
@@ -272,9 +286,9 @@ def test_a_hung_redis_costs_one_socket_timeout_not_one_per_request(tmp_path):
         server.stop()
 
 
-def test_leadership_is_exclusive_renewed_and_released(prefix):
-    one = RedisLeadership(RedisLink(SHARED_URL, prefix, 0.5), ttl=0.6)
-    two = RedisLeadership(RedisLink(SHARED_URL, prefix, 0.5), ttl=0.6)
+def test_leadership_is_exclusive_renewed_and_released(prefix, links):
+    one = RedisLeadership(links(), ttl=0.6)
+    two = RedisLeadership(links(), ttl=0.6)
     try:
         assert one.hold() is True
         assert two.hold() is False
@@ -288,9 +302,9 @@ def test_leadership_is_exclusive_renewed_and_released(prefix):
         two.release()
 
 
-def test_a_killed_leader_is_replaced_within_the_ttl(prefix):
-    dead = RedisLeadership(RedisLink(SHARED_URL, prefix, 0.5), ttl=0.8)
-    heir = RedisLeadership(RedisLink(SHARED_URL, prefix, 0.5), ttl=0.8)
+def test_a_killed_leader_is_replaced_within_the_ttl(prefix, links):
+    dead = RedisLeadership(links(), ttl=0.8)
+    heir = RedisLeadership(links(), ttl=0.8)
     try:
         assert dead.hold()
         dead._stopping.set()  # killed: no more renewals, no release
@@ -301,9 +315,9 @@ def test_a_killed_leader_is_replaced_within_the_ttl(prefix):
         heir.release()
 
 
-def test_cluster_lock_is_single_flight_across_instances(prefix):
-    one = ClusterLocks(RedisLink(SHARED_URL, prefix, 0.5))
-    two = ClusterLocks(RedisLink(SHARED_URL, prefix, 0.5))
+def test_cluster_lock_is_single_flight_across_instances(prefix, links):
+    one = ClusterLocks(links())
+    two = ClusterLocks(links())
     with one("demo") as first:
         with two("demo") as second:
             assert (first, second) == (True, False)
@@ -313,9 +327,9 @@ def test_cluster_lock_is_single_flight_across_instances(prefix):
         assert after is True
 
 
-def test_cluster_lock_falls_back_to_local_logic_while_redis_is_down(tmp_path):
+def test_cluster_lock_falls_back_to_local_logic_while_redis_is_down(tmp_path, links):
     server = RedisServer(tmp_path).start()
-    locks = ClusterLocks(RedisLink(server.url, "p:", 0.3))
+    locks = ClusterLocks(links(server.url, "p:", 0.3))
     server.stop()
     with locks("demo") as ours:
         assert ours is True
