@@ -154,11 +154,16 @@ class Gunicorn:
 
 
 def close_in_process(paastis: Any) -> None:
-    """Stop the local apps an in-process paastis (``create_app``) woke, then close it."""
+    """Stop the local apps an in-process paastis (``create_app``) woke, then close it.
+
+    A wake still under way is waited for first, so an app spawned in the background is not left running.
+    """
     for app in paastis.directory.apps():
+        wait_until(lambda app=app: not paastis.lifecycle.starting(app.key), 60, what=f"{app.key}'s wake to end")
         if port_open(int(paastis.provider.upstream_url(app).rsplit(":", 1)[1])):
             paastis.provider.stop(app)
     paastis.close()
+    kill_local_apps(paastis.settings.state_dir)
 
 
 def kill_local_apps(state_dir: Path) -> None:

@@ -60,11 +60,13 @@ def test_the_status_answer_is_paastis_s_own_and_never_reaches_the_app(paastis_ap
     client = paastis_app.test_client()
     with client.get("/echo", headers={"Host": "demo.localhost"}) as response:  # wakes it (blocking)
         assert response.status_code == 200
-    assert status(client) == {
+    answer = status(client)
+    assert answer["typical_seconds"] >= 1  # its own wake (BOOT_DELAY=1), however slow the machine
+    assert answer == {
         "app": "demo",
         "state": "ready",
         "elapsed_seconds": None,
-        "typical_seconds": pytest.approx(1, abs=1),
+        "typical_seconds": answer["typical_seconds"],
         "message": None,
     }
     assert starts(tmp_path) == 1
