@@ -165,7 +165,7 @@ class LocalProvider:
         if local.command is None or not self._pid_file(local).exists() or self._our_group(local) is not None:
             return None
         identity = self._identity(local)
-        code = self._exit_code(local)
+        code = self._exit_code_when_reaped(local)
         ended = f"exited with code {code}" if code is not None else "exited"
         tail = _tail(self._log_path(local), identity.log_offset if identity else 0)
         output = f"; its last output: {' | '.join(tail)}" if tail else ""
@@ -299,6 +299,13 @@ class LocalProvider:
             return int(self._exit_file(app).read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
+
+    def _exit_code_when_reaped(self, app: LocalApp, patience: float = 2.0) -> int | None:
+        """The exit code, waiting a moment for it: the group can be gone before its reaper has written it."""
+        deadline = time.monotonic() + patience
+        while (code := self._exit_code(app)) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return code
 
     def _our_group(self, app: LocalApp) -> int | None:
         """The process group we spawned for ``app``, if it still runs; never a recycled pid's.
