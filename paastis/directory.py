@@ -74,6 +74,10 @@ class Directory:
             self._refresh_quietly()
         return [app for key, app in self._listing.by_key.items() if key == app.key]
 
+    def unsure(self) -> bool:
+        """The list is past its TTL and another thread's listing is under way: a missing key may exist."""
+        return self._stale() and self._gate.locked()
+
     def knows(self, key: str) -> bool:
         """Whether ``key`` stands for a listed app, without listing (before the first listing: assume so)."""
         if self._refreshed_at is None:

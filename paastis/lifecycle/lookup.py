@@ -28,6 +28,8 @@ class AppLookup:
         app = self.directory.resolve(key)
         if app is None and self.directory.last_error is not None:
             raise WakeError(key, f"cannot tell whether app {key!r} exists: {self.directory.last_error}")
+        if app is None and self.directory.unsure():  # we do not wait for someone else's listing
+            raise WakeError(key, f"cannot tell whether app {key!r} exists: the provider's apps are being listed")
         if app is None:
             raise UnknownApp(key, f"unknown app {key!r}")
         return app

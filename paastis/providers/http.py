@@ -34,6 +34,7 @@ MAX_RATE_LIMIT_WAIT = 60.0
 
 
 URGENT_YIELD = 0.1  # seconds a background call waits before looking again while an urgent call waits
+BACKGROUND_PATIENCE = 5.0  # seconds a background call gives way before it competes like any other
 
 
 class RateLimiter:
@@ -55,10 +56,13 @@ class RateLimiter:
 
     def acquire(self, background: bool = False) -> None:
         """Block until a call fits in the budget; :class:`~paastis.deadlines.DeadlinePassed` if it would not in time."""
-        floor = 1 + (self.reserve if background else 0)
+        patient_until = time.monotonic() + BACKGROUND_PATIENCE
         waiting = False
         try:
             while True:
+                if background and time.monotonic() > patient_until:
+                    background = False  # waited long enough: never starved by a busy budget
+                floor = 1 + (self.reserve if background else 0)
                 with self.lock:
                     now = time.monotonic()
                     self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)

@@ -20,7 +20,7 @@ import redis
 
 from .. import deadlines
 from ..redis_link import RedisLink
-from .http import RateLimiter
+from .http import BACKGROUND_PATIENCE, RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,9 @@ class SharedRateLimiter(RateLimiter):
         return cls(RedisLink(url, "", socket_timeout), key, limit, owns_link=True, **kwargs)
 
     def acquire(self, background: bool = False) -> None:
+        patient_until = time.monotonic() + BACKGROUND_PATIENCE
         while True:
+            background = background and time.monotonic() <= patient_until  # never starved by a busy budget
             wait = self.delay(background)
             if wait is None:
                 super().acquire(background)
