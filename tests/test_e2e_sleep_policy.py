@@ -260,9 +260,11 @@ platforms = closing_factory(ScalingoPlatform)
 
 
 def test_the_price_comes_from_the_formation_scalingo_returned_at_the_stop(platforms, paastis_for):
-    platform = platforms()
+    platform = platforms(rate_limit=6000)  # idle checks every 0.3 s: 200 listings a minute
     platform.add_app("shop", formation={"web": (3, "L"), "worker": (0, "S"), "clock": (1, "S")}, running=True)
-    paastis = paastis_for(platform, START_AND_STOP_MAX_IDLE_TIME="0.02", **FAST, **API)
+    paastis = paastis_for(
+        platform, START_AND_STOP_MAX_IDLE_TIME="0.02", PROVIDER_SCALINGO_RATE_LIMIT="6000", **FAST, **API
+    )
     wait_until(lambda: ("APP_STOPPED", "idle") in [(e["type"], e["reason"]) for e in events(paastis)], 20)
     (shop,) = api(paastis, "GET", "/savings", params={"app": "shop"}).json()["apps"]
     assert shop["price_per_hour"] == pytest.approx((3 * 28.80 + 7.20) / 730, abs=1e-6)
