@@ -214,7 +214,8 @@ def test_readable_on_a_phone_and_a_screenshot_for_the_readme(browser, served, tm
     try:
         sign_in(page, served)
         page.wait_for_selector("tr#app-demo[data-status='running']")
-        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scrolling
+        overflow = page.evaluate("Math.max(0, document.documentElement.scrollWidth - window.innerWidth)")
+        assert overflow == 0, f"the page is {overflow}px wider than the phone's screen (sideways scrolling)"
         label = page.evaluate(
             "getComputedStyle(document.querySelector('tr#app-demo td[data-label=Status]'), '::before').content"
         )

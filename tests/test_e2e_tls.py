@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import ssl
-import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_port, write_config
+from tests.support import free_port, self_signed_cert, write_config
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
@@ -31,13 +30,7 @@ class Hello(BaseHTTPRequestHandler):
 @pytest.fixture
 def https_upstream(tmp_path) -> Iterator[tuple[int, Path]]:
     """A real HTTPS server on 127.0.0.1 with a self-signed certificate; yields its port and certificate."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed_cert(tmp_path)
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), Hello)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)

@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import threading
 from pathlib import Path
 
@@ -18,7 +17,17 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tests.redis_support import SHARED_URL
-from tests.support import PYTHON, Gunicorn, free_port, local_app, port_open, starts, wait_until, write_config
+from tests.support import (
+    PYTHON,
+    Gunicorn,
+    free_port,
+    local_app,
+    port_open,
+    self_signed_cert,
+    starts,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -285,13 +294,7 @@ def test_sigterm_closes_open_connections_with_1001(tmp_path, gunicorn_factory):
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_wss_upstream_is_verified_and_trusts_requests_ca_bundle(tmp_path, gunicorn_factory):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed_cert(tmp_path)
     app, _ = ws_app(tmp_path, scheme="https", CERT_FILE=cert, KEY_FILE=key)
     write_config(tmp_path, [app])
     untrusting = gunicorn_factory()
