@@ -356,21 +356,20 @@ def proxy_request() -> Response | None:
 
 
 def serve(lifecycle: Lifecycle, proxy: Proxy, registry: Any, gate: SleepGate | None = None) -> Response:
+    if VIA in request.headers.get("Via", ""):  # whatever its Host: an app's upstream leads back to paastis
+        host = request.headers.get("Host", "")
+        return error_response(508, f"request loop: Host {host!r} leads back to paastis (is paastis an upstream?)")
     try:
         key = app_key_from_host(request.headers.get("Host"))
     except BadHost as error:
         return error_response(400, str(error))
     except NoAppKey as error:
-        if VIA in request.headers.get("Via", ""):  # an app whose upstream is paastis's own address
-            return error_response(508, f"request loop: Host {error.host!r} leads back to paastis (is it an upstream?)")
         return error_response(404, routing_help(error.host, _example_app(lifecycle)))
     with about_app(key):
         return _serve_key(lifecycle, proxy, registry, gate, key)
 
 
 def _serve_key(lifecycle: Lifecycle, proxy: Proxy, registry: Any, gate: SleepGate | None, key: str) -> Response:
-    if VIA in request.headers.get("Via", ""):
-        return error_response(508, f"request loop: app {key!r} leads back to paastis (is paastis its upstream?)")
     try:
         app = lifecycle.resolve(key)
     except WakeError as error:
