@@ -350,3 +350,15 @@ def test_delete_apps_with_redis_forgets_only_the_registry(instance):
         raw.delete(foreign)
         delete_prefix(SHARED_URL, prefix)
         raw.close()
+
+
+def test_each_idle_check_is_timed_and_counts_the_apps_it_saw(instance):
+    app = instance()
+    client = app.test_client()
+    assert client.get("/echo", headers={"Host": "demo.localhost"}).status_code == 200  # one app running
+    app.extensions["paastis"].lifecycle.check_idle()
+    text = call(client, "GET", "/metrics").get_data(as_text=True)
+    assert "paastis_idle_check_duration_seconds_count 1.0" in text
+    assert 'paastis_idle_check_apps{state="listed"} 3.0' in text  # demo, legacy and stubborn
+    assert 'paastis_idle_check_apps{state="running"} 1.0' in text
+    assert 'paastis_idle_check_apps{state="idle"} 0.0' in text  # demo's 5 minutes have not run out
