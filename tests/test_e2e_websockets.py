@@ -227,16 +227,21 @@ def _opens(paastis: Gunicorn) -> bool:
 IDLE = {"START_AND_STOP_MAX_IDLE_TIME": "0.05", "START_AND_STOP_CHECKING_INTERVAL": "0.3"}  # 3 s
 
 
+def keep_talking(ws) -> None:
+    """10 s of echoed traffic, a message every 0.4 s: over three of the tests' idle times."""
+    pause = threading.Event()
+    for index in range(25):
+        ws.send(f"tick {index}")
+        assert ws.recv(timeout=30) == f"tick {index}"
+        pause.wait(0.4)
+
+
 def test_an_active_websocket_keeps_its_app_awake_past_its_idle_time(tmp_path, gunicorn_factory):
     app, port = ws_app(tmp_path)
     write_config(tmp_path, [app])
     paastis = gunicorn_factory(IDLE)
     with open_ws(paastis) as ws:
-        stop = threading.Event()
-        for index in range(25):  # 10 s of traffic, over three idle times
-            ws.send(f"tick {index}")
-            assert ws.recv(timeout=30) == f"tick {index}"
-            stop.wait(0.4)
+        keep_talking(ws)
         assert port_open(port) and starts(tmp_path) == 1
     wait_until(lambda: not port_open(port), 20, what="the app to be stopped once the connection closed")
 
@@ -333,10 +338,7 @@ def test_with_redis_a_websocket_on_one_instance_keeps_the_app_awake_for_all(tmp_
     wait_until(lambda: "now leading the idle checks" in leader.logs(), 20, what="the first instance to lead")
     other = gunicorn_factory(shared, name="other")  # the WebSocket goes through it; the leader must see its traffic
     ws = open_ws(other)
-    for index in range(25):  # 10 s of traffic, over three idle times
-        ws.send(f"tick {index}")
-        assert ws.recv(timeout=30) == f"tick {index}"
-        threading.Event().wait(0.4)
+    keep_talking(ws)
     assert port_open(port) and starts(tmp_path) == 1
     assert closed_with(ws) == 1001  # once quiet: the leader stops the app, and the other instance says "going away"
     wait_until(lambda: not port_open(port), 20, what="the quiet app to be stopped")
