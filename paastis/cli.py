@@ -216,6 +216,7 @@ def summary(paastis: Any, apps: tuple[str, ...] | None) -> list[tuple[str, str]]
         ("config file", f"{settings.config_file} ({'found' if settings.config_file.is_file() else 'absent'})"),
         ("apps", ", ".join(apps) if apps is not None else f"listed by {paastis.provider.name} at the first check"),
         ("rules", str(len(paastis.rules.rules))),
+        *route_rows(paastis.routes),
         ("registry", settings.registry_type),
         ("events store", settings.events_store_type),
         ("wake strategy", settings.wake_strategy),
@@ -226,6 +227,13 @@ def summary(paastis: Any, apps: tuple[str, ...] | None) -> list[tuple[str, str]]
         ("dashboard", settings.dashboard_host or "off"),
         ("dry run", "on: nothing is stopped" if settings.dry_run else "off"),
     ]
+
+
+def route_rows(routes: Any) -> list[tuple[str, str]]:
+    """One row per route of paastis.yml, in file order (the order does not decide: exact beats wildcard)."""
+    if not routes:
+        return [("routes", "none (first label of the host name)")]
+    return [("route", route.describe()) for route in routes.routes]
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})

@@ -30,7 +30,8 @@ from .bulkhead import Bulkhead
 from .lifecycle import Lifecycle, WakeError
 from .logs import about_app
 from .providers import AppInfo
-from .routing import BadHost, NoAppKey, app_key_from_host, routing_help
+from .routes import Routes
+from .routing import BadHost, NoAppKey, app_key_from_host, host_name, is_valid_app_key, routing_help
 from .sleep_gate import PASSIVE, SleepGate
 from .waiting import WaitingRoom, asks_wake_status
 
@@ -352,27 +353,37 @@ def proxy_request() -> Response | None:
     if is_system_request(request) or is_dashboard_request(request):
         return None
     paastis = current_app.extensions["paastis"]
-    return serve(paastis.lifecycle, paastis.proxy, paastis.registry, paastis.gate)
+    return serve(paastis.lifecycle, paastis.proxy, paastis.registry, paastis.gate, paastis.routes)
 
 
-def serve(lifecycle: Lifecycle, proxy: Proxy, registry: Any, gate: SleepGate | None = None) -> Response:
+def serve(
+    lifecycle: Lifecycle, proxy: Proxy, registry: Any, gate: SleepGate | None = None, routes: Routes | None = None
+) -> Response:
     if VIA in request.headers.get("Via", ""):  # whatever its Host: an app's upstream leads back to paastis
         host = request.headers.get("Host", "")
         return error_response(508, f"request loop: Host {host!r} leads back to paastis (is paastis an upstream?)")
+    host = request.headers.get("Host")
     try:
-        key = app_key_from_host(request.headers.get("Host"))
+        routed = routes.app_for(host_name(host)) if routes else None
+        key = routed or app_key_from_host(host)
     except BadHost as error:
         return error_response(400, str(error))
     except NoAppKey as error:
         return error_response(404, routing_help(error.host, _example_app(lifecycle)))
+    if routed is not None and not is_valid_app_key(routed):
+        return error_response(404, f"host {host!r} is routed to {routed!r}, which is not an app name")
     with about_app(key):
-        return _serve_key(lifecycle, proxy, registry, gate, key)
+        return _serve_key(lifecycle, proxy, registry, gate, key, host if routed is not None else None)
 
 
-def _serve_key(lifecycle: Lifecycle, proxy: Proxy, registry: Any, gate: SleepGate | None, key: str) -> Response:
+def _serve_key(
+    lifecycle: Lifecycle, proxy: Proxy, registry: Any, gate: SleepGate | None, key: str, routed_host: str | None = None
+) -> Response:
     try:
         app = lifecycle.resolve(key)
     except WakeError as error:
+        if routed_host is not None and error.status == 404:  # the route is right there in paastis.yml: say so
+            return error_response(404, f"host {routed_host!r} is routed to app {key!r}, which does not exist")
         return error_response(error.status, error.message)
     screened = gate.screen(request, app, lambda: _awake(lifecycle, app)) if gate is not None else None
     if screened is not None and screened is not PASSIVE:

@@ -42,6 +42,22 @@ def app_key_from_host(host: str | None) -> str:
     return match.group(1).lower()
 
 
+def host_name(host: str | None) -> str:
+    """The Host's name, lower-cased, without port or final dot (``Shop.Client.test.:8080`` gives ``shop.client.test``).
+
+    Raises :class:`BadHost` for anything that is not ``label(.label)*[:port]``; a Host naming the
+    machine (``localhost``, an IP address) gives its name too, routes may not name it.
+    """
+    if not host:
+        raise BadHost("missing Host header")
+    match = HOST_RE.match(host)
+    if not match or len(host) > 260:
+        if _names_the_machine(host):
+            raise NoAppKey(host)
+        raise BadHost("Host header is not a valid hostname")
+    return (match.group(1) + match.group(2)).lower()
+
+
 def is_valid_app_key(key: str) -> bool:
     """App keys must be usable as a DNS label; anything else never reaches a provider or a hook."""
     return bool(APP_KEY_RE.match(key))

@@ -46,7 +46,7 @@ PASSIVE_ANSWERS = (503, 200)
 INERT_RULE_FIELDS = {"group_name", "app_group"}
 # Keys the original read but that need several providers per instance: refused until supported.
 UNSUPPORTED_RULE_FIELDS = {"provider_name", "provider_zone"}
-TOP_LEVEL_KEYS = {"rules", "apps"}
+TOP_LEVEL_KEYS = {"rules", "apps", "routes"}
 GROUP_REF = re.compile(r"\$([1-9])")
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ from typing import Any
 from .config import ConfigError, Settings, read_environment
 from .logs import format_line
 from .providers import build_provider
+from .routes import Routes
 from .rules import Rules, load_config_file
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ def check(settings: Settings | None = None) -> Checked:
     settings = settings or Settings.from_env()
     config = load_config_file(settings.config_file)
     rules = Rules(settings, config.get("rules"))
+    Routes(config.get("routes"), str(settings.config_file))
     provider = build_provider(settings, config, None)  # no metrics: only checked here
     try:
         settings.provider_operation_timeout(provider.name)

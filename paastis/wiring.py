@@ -32,6 +32,7 @@ from .proxy import Proxy, client_body_failure
 from .proxy import bp as proxy_blueprint
 from .registry import InMemoryRegistry, Registry
 from .relay import Relay
+from .routes import Routes
 from .rules import Rules, load_config_file
 from .savings import Savings
 from .schedule_runner import ScheduleRunner
@@ -75,6 +76,7 @@ class Paastis:
     savings: Savings  # the dashboard calls savings.report(since, until, app)
     dashboard: Dashboard | None = None  # only with PAASTIS_DASHBOARD_HOST
     redis_link: RedisLink | None = None  # the one Redis connection state, shared by everything using Redis
+    routes: Routes | None = None  # routes: in paastis.yml, looked at before first-label routing
 
     def close(self) -> None:
         """Stop the supervisor and release sessions; tests build and close many instances."""
@@ -172,6 +174,7 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
         gate,
         savings,
         redis_link=redis_link,
+        routes=Routes(config.get("routes"), str(settings.config_file)),
     )
     app.cli.add_command(cli)
     app.add_template_filter(duration)
