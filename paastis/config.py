@@ -118,6 +118,7 @@ class Env:
         return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+DEFAULT_FORWARDED_ALLOW_IPS = ("127.0.0.1", "::1")  # gunicorn's default for FORWARDED_ALLOW_IPS
 PROVIDERS = ("local", "scalingo", "heroku", "clever-cloud")
 WAKE_STRATEGIES = ("auto", "blocking", "waiting-page")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -238,6 +239,9 @@ class Settings:
     hooks: Mapping[str, str] = field(default_factory=dict)
     hooks_timeout: float = 60.0
     hooks_strict: bool = False
+    hooks_env_passthrough: tuple[str, ...] = ()  # HOOKS_ENV_PASSTHROUGH: variables hooks get on purpose
+    forwarded_allow_ips: tuple[str, ...] = DEFAULT_FORWARDED_ALLOW_IPS  # gunicorn's own setting and default
+    domains: tuple[str, ...] = ()  # PAASTIS_DOMAINS; empty: any domain routes by its first label
     events_store_type: str = "in-memory"
     events_max: int = 10_000
     websocket_idle_timeout: float | None = None  # minutes; None: each app's max idle time
@@ -328,6 +332,9 @@ class Settings:
             },
             hooks_timeout=env.number("HOOKS_TIMEOUT", 60.0),
             hooks_strict=env.boolean("HOOKS_STRICT", False),
+            hooks_env_passthrough=read_passthrough(env),
+            forwarded_allow_ips=read_forwarded_allow_ips(env),
+            domains=read_domains(env),
             events_store_type=events_store_type,
             events_max=env.integer("EVENTS_MAX", 10_000),
             websocket_idle_timeout=env.number("WEBSOCKET_IDLE_TIMEOUT", 0.0) or None,
@@ -444,6 +451,50 @@ def read_config_file_name(env: Env) -> Path:
         what = "a directory, not a file" if path.is_dir() else "no such file"
         raise ConfigError(f"PAASTIS_CONFIG_FILE={raw!r}: {what}{where}")
     return path
+
+
+def read_passthrough(env: Env) -> tuple[str, ...]:
+    """``HOOKS_ENV_PASSTHROUGH``: names of variables of paastis's environment that hooks need on purpose."""
+    names = env.csv("HOOKS_ENV_PASSTHROUGH")
+    bad = [name for name in names if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)]
+    if bad:
+        raise ConfigError(
+            f"HOOKS_ENV_PASSTHROUGH: {', '.join(map(repr, bad))} is not a variable name "
+            "(a comma-separated list of names, such as SLACK_URL,AWS_PROFILE)"
+        )
+    return tuple(names)
+
+
+def read_forwarded_allow_ips(env: Env) -> tuple[str, ...]:
+    """``FORWARDED_ALLOW_IPS``: the fronts trusted with X-Forwarded-*, as gunicorn reads it (``*``: any)."""
+    entries = env.csv("FORWARDED_ALLOW_IPS")
+    if not entries:
+        return DEFAULT_FORWARDED_ALLOW_IPS
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"FORWARDED_ALLOW_IPS: {entry!r} is not an IP address or network "
+                "(comma-separated, such as 127.0.0.1,10.0.0.0/8, or * behind a router that always overwrites them)"
+            ) from None
+    return tuple(entries)
+
+
+def read_domains(env: Env) -> tuple[str, ...]:
+    """``PAASTIS_DOMAINS``: the domains whose first-label subdomains name apps (``apps.example.com,localhost``)."""
+    domains = []
+    for raw in env.csv("PAASTIS_DOMAINS"):
+        domain = raw.lower().removeprefix("*.").strip(".")
+        if not HOST_NAME.fullmatch(domain) or ".." in domain:
+            raise ConfigError(
+                f"PAASTIS_DOMAINS: {raw!r} is not a domain name (comma-separated, no port, "
+                "such as apps.example.com,localhost)"
+            )
+        domains.append(domain)
+    return tuple(dict.fromkeys(domains))
 
 
 HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")

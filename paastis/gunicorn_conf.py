@@ -30,6 +30,7 @@ __all__ = [  # what gunicorn reads (``gunicorn.conf.py`` star-imports this modul
     "loglevel",
     "logconfig_dict",
     "control_socket_disable",
+    "forwarded_allow_ips",
     "when_ready",
     "post_worker_init",
     "worker_exit",
@@ -51,6 +52,8 @@ keepalive = 5
 accesslog = _settings.access_log
 loglevel = _settings.log_level
 logconfig_dict = logs.gunicorn_logconfig(_settings.log_format, _settings.log_level, _settings.access_log)
+# The fronts trusted with X-Forwarded-*: gunicorn (the scheme) and paastis (what apps receive) agree.
+forwarded_allow_ips = ",".join(_settings.forwarded_allow_ips)
 control_socket_disable = True  # one per machine by default: several instances would fight over it
 
 

@@ -3,6 +3,11 @@
 The app and the occasion reach the command only through environment variables, never
 by formatting them into the command string, so a hostile Host header cannot inject
 anything. Each hook runs in its own process group so that a timeout kills all of it.
+
+A hook is not paastis: it gets an explicit environment (the documented base, ``hooks_env:``
+from ``paastis.yml``, the variables ``HOOKS_ENV_PASSTHROUGH`` names, and the ``PAASTIS_*``
+variables of its occasion), never paastis's own secrets unless they are named on purpose;
+and a line of its output that holds a secret value paastis knows is redacted before it is logged.
 """
 
 from __future__ import annotations
@@ -13,7 +18,11 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .config import ConfigError
+from .secrecy import ENV_NAME, Redactor, base_environment
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +41,17 @@ class HookRunner:
         timeout: float,
         strict: bool,
         on_result: Callable[[str, bool], None] | None = None,
+        environment: Mapping[str, str] | None = None,
+        redact: Redactor | None = None,
     ):
         self.provider = provider
         self.region = region or ""
         self.timeout = timeout
         self.strict = strict
         self.on_result = on_result
+        # What every hook gets besides its occasion's PAASTIS_* variables (see hook_environment).
+        self.environment = dict(base_environment() if environment is None else environment)
+        self.redact = redact or Redactor(())
 
     def run(self, hook: str, command: str | None, app: str, reason: str, region: str | None = None) -> bool:
         """Run ``command`` if set; True when it succeeded (or there was nothing to run).
@@ -62,7 +76,7 @@ class HookRunner:
             threading.Thread(target=self.run, args=(hook, command, app, reason, region), daemon=True).start()
 
     def _environment(self, hook: str, app: str, reason: str, region: str) -> dict[str, str]:
-        env = dict(os.environ)
+        env = dict(self.environment)
         env.update(
             PAASTIS_APP_NAME=app,
             PAASTIS_HOOK=hook,
@@ -83,7 +97,7 @@ class HookRunner:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        relay = threading.Thread(target=_relay_output, args=(process, app, hook), daemon=True)
+        relay = threading.Thread(target=_relay_output, args=(process, app, hook, self.redact), daemon=True)
         relay.start()
         try:
             code = process.wait(timeout=self.timeout)
@@ -105,11 +119,32 @@ class HookRunner:
         return True
 
 
-def _relay_output(process: subprocess.Popen, app: str, hook: str) -> None:
-    """Send the hook's output to the log line by line, tagged so it can be traced."""
+def hook_environment(
+    base: Mapping[str, str], hooks_env: Mapping[str, str], passed: Mapping[str, str]
+) -> dict[str, str]:
+    """The fixed part of every hook's environment: the base, then ``hooks_env:``, then ``HOOKS_ENV_PASSTHROUGH``."""
+    return {**base, **hooks_env, **passed}
+
+
+def parse_hooks_env(config: Mapping[str, Any], source: str = "paastis.yml") -> dict[str, str]:
+    """``hooks_env:``: a mapping of variable names to plain values, given to every hook."""
+    raw = config.get("hooks_env")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(isinstance(v, str | int | float | bool) for v in raw.values()):
+        raise ConfigError(f"{source}: hooks_env must be a mapping of variable names to plain values")
+    bad = [str(name) for name in raw if not ENV_NAME.fullmatch(str(name))]
+    if bad:
+        raise ConfigError(f"{source}: hooks_env: {', '.join(map(repr, bad))} is not a variable name")
+    return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in raw.items()}
+
+
+def _relay_output(process: subprocess.Popen, app: str, hook: str, redact: Redactor) -> None:
+    """Send the hook's output to the log line by line, tagged so it can be traced, secrets redacted."""
     assert process.stdout is not None
     for raw in process.stdout:
-        log.info("[hook %s app=%s] %s", hook, app, raw.decode(errors="replace").rstrip(), extra={"app": app})
+        line = redact(raw.decode(errors="replace").rstrip())
+        log.info("[hook %s app=%s] %s", hook, app, line, extra={"app": app})
     process.stdout.close()
 
 

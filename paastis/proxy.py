@@ -27,11 +27,13 @@ from urllib3.util import SKIP_HEADER
 from urllib3.util.url import _encode_target
 
 from .bulkhead import Bulkhead
+from .config import DEFAULT_FORWARDED_ALLOW_IPS
+from .forwarding import FORWARDING_HEADERS, TrustedFronts
 from .lifecycle import Lifecycle, WakeError
 from .logs import about_app
 from .providers import AppInfo
 from .routes import Routes
-from .routing import BadHost, NoAppKey, app_key_from_host, host_name, is_valid_app_key, routing_help
+from .routing import BadHost, NoAppKey, NotServed, is_valid_app_key, route_key, routing_help
 from .sleep_gate import PASSIVE, SleepGate
 from .waiting import WaitingRoom, asks_wake_status
 
@@ -111,8 +113,12 @@ class Proxy:
         connect_timeout: float = 5.0,
         read_timeout_of: Callable[[str], float] = lambda key: 300.0,
         bulkhead: Bulkhead | None = None,
+        domains: tuple[str, ...] = (),
+        trusted: TrustedFronts | None = None,
     ):
         self.metrics = metrics
+        self.domains = domains  # PAASTIS_DOMAINS: the only domains whose hosts reach an app
+        self.trusted = trusted or TrustedFronts(DEFAULT_FORWARDED_ALLOW_IPS)
         self.wake_strategy_of = wake_strategy_of
         self.connect_timeout = connect_timeout
         self.read_timeout_of = read_timeout_of  # UPSTREAM_READ_TIMEOUT, or the app's rule
@@ -173,26 +179,35 @@ def raw_target(req: Request) -> str:
     return raw if raw.startswith("/") else "/" + raw.lstrip("*")
 
 
-def request_headers(req: Request, upstream: str) -> dict[str, str]:
-    """What the app receives: the client's end-to-end headers, its own Host, and X-Forwarded-*."""
+def request_headers(req: Request, upstream: str, trusted: TrustedFronts | None = None) -> dict[str, str]:
+    """What the app receives: the client's end-to-end headers, its own Host, and X-Forwarded-*.
+
+    Forwarding headers (``X-Forwarded-*``, ``Forwarded``, ``X-Real-IP``) pass on only from a
+    trusted front (``FORWARDED_ALLOW_IPS``); from anyone else they are dropped, and
+    ``X-Forwarded-For``/``-Proto``/``-Host`` say what paastis itself saw.
+    """
     parts = urlsplit(upstream)
+    believed = (trusted or TrustedFronts(DEFAULT_FORWARDED_ALLOW_IPS)).trusts_peer(req.environ)
     excluded = hop_by_hop(req.headers) | NOT_FORWARDED
+    if not believed:
+        excluded |= FORWARDING_HEADERS
     headers: dict[str, str] = {}
     for name, value in req.headers.items():
         if name.lower() in excluded:
             continue
         headers[name] = value
-    proto = req.headers.get("X-Forwarded-Proto") or req.scheme
+    host = req.headers.get("Host", "")
+    proto = (believed and req.headers.get("X-Forwarded-Proto")) or req.scheme
     client = req.environ.get("REMOTE_ADDR", "")
-    prior = req.headers.get("X-Forwarded-For")
+    prior = believed and req.headers.get("X-Forwarded-For")
     headers["Host"] = parts.netloc
     headers["X-Forwarded-For"] = f"{prior}, {client}" if prior else client
     headers["X-Forwarded-Proto"] = proto
-    headers["X-Forwarded-Host"] = req.headers.get("Host", "")
+    headers["X-Forwarded-Host"] = (believed and req.headers.get("X-Forwarded-Host")) or host
     prior_via = req.headers.get("Via")
     headers["Via"] = f"{prior_via}, {VIA}" if prior_via else VIA
     origin = req.headers.get("Origin")
-    if origin is not None and origin == f"{proto}://{req.headers.get('Host', '')}":
+    if origin is not None and origin == f"{proto}://{host}":
         headers["Origin"] = f"{parts.scheme}://{parts.netloc}"
     if "User-Agent" not in headers:
         headers["User-Agent"] = SKIP_HEADER  # urllib3 would otherwise add its own
@@ -364,16 +379,17 @@ def serve(
         return error_response(508, f"request loop: Host {host!r} leads back to paastis (is paastis an upstream?)")
     host = request.headers.get("Host")
     try:
-        routed = routes.app_for(host_name(host)) if routes else None
-        key = routed or app_key_from_host(host)
+        key, routed = route_key(host, proxy.domains, routes)
     except BadHost as error:
         return error_response(400, str(error))
     except NoAppKey as error:
         return error_response(404, routing_help(error.host, _example_app(lifecycle)))
-    if routed is not None and not is_valid_app_key(routed):
-        return error_response(404, f"host {host!r} is routed to {routed!r}, which is not an app name")
+    except NotServed as error:
+        return error_response(404, str(error))
+    if routed and not is_valid_app_key(key):
+        return error_response(404, f"host {host!r} is routed to {key!r}, which is not an app name")
     with about_app(key):
-        return _serve_key(lifecycle, proxy, registry, gate, key, host if routed is not None else None)
+        return _serve_key(lifecycle, proxy, registry, gate, key, host if routed else None)
 
 
 def _serve_key(
@@ -480,7 +496,7 @@ def forward(lifecycle: Lifecycle, proxy: Proxy, app: AppInfo, wake: bool = True)
     for attempt in (1, 2):
         upstream = lifecycle.upstream_url(app)
         try:
-            headers = request_headers(request, upstream)
+            headers = request_headers(request, upstream, proxy.trusted)
             response = proxy.send(request.method, upstream, target, headers, body, read_timeout)
         except ClientBodyError as error:
             log.warning("client error on %s %s for %s: %s", request.method, target[:200], app.key, error.message)

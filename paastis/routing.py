@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # routes imports this module
+    from .routes import Routes
 
 LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 HOST_RE = re.compile(rf"^({LABEL})((?:\.{LABEL})*)\.?(?::(\d{{1,5}}))?$")
@@ -56,6 +60,41 @@ def host_name(host: str | None) -> str:
             raise NoAppKey(host)
         raise BadHost("Host header is not a valid hostname")
     return (match.group(1) + match.group(2)).lower()
+
+
+class NotServed(ValueError):
+    """The Host is under none of the domains paastis serves (``PAASTIS_DOMAINS``): never proxied."""
+
+    def __init__(self, host: str, domains: tuple[str, ...]):
+        self.host = host
+        self.domains = domains
+        served = ", ".join(f"<app>.{domain}" for domain in domains)
+        super().__init__(f"Host {host!r} is not served here: paastis serves {served} (PAASTIS_DOMAINS)")
+
+
+def route_key(host: str | None, domains: tuple[str, ...] = (), routes: Routes | None = None) -> tuple[str, bool]:
+    """The app key a request's Host names, if paastis serves that Host, and whether a route named it.
+
+    The one place that decides which hosts reach an app. A route (``routes:``) names full host
+    names, served whatever the domains. Otherwise the first label is the app; with
+    ``PAASTIS_DOMAINS`` (``domains``) only for ``<app>.<domain>`` of one of them:
+    ``demo.attacker.example`` is :class:`NotServed`, so an app never receives a Host (nor an
+    ``X-Forwarded-Host``) of someone else's choosing. Without it, any domain routes by its first
+    label, as paastis always did.
+    """
+    name = host_name(host)
+    routed = routes.app_for(name) if routes else None
+    if routed is not None:
+        return routed, True
+    key = app_key_from_host(host)
+    if domains and not served_under(name, key, domains):
+        raise NotServed(name, domains)
+    return key, False
+
+
+def served_under(name: str, key: str, domains: tuple[str, ...]) -> bool:
+    """``name`` is exactly ``<key>.<domain>`` for one of ``domains``."""
+    return any(name == f"{key}.{domain}" for domain in domains)
 
 
 def is_valid_app_key(key: str) -> bool:

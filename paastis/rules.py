@@ -46,7 +46,7 @@ PASSIVE_ANSWERS = (503, 200)
 INERT_RULE_FIELDS = {"group_name", "app_group"}
 # Keys the original read but that need several providers per instance: refused until supported.
 UNSUPPORTED_RULE_FIELDS = {"provider_name", "provider_zone"}
-TOP_LEVEL_KEYS = {"rules", "apps", "routes"}
+TOP_LEVEL_KEYS = {"rules", "apps", "routes", "hooks_env"}
 GROUP_REF = re.compile(r"\$([1-9])")
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
         detail = " ".join(str(error).split())  # one line
         raise ConfigError(f"{path}: not valid YAML: {detail}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: must hold a mapping (rules:, apps:)")
+        raise ConfigError(f"{path}: must hold a mapping (rules:, apps:, hooks_env:)")
     unknown = sorted(set(data) - TOP_LEVEL_KEYS, key=str)
     if unknown:
         raise ConfigError(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import ConfigError, Settings, read_environment
+from .hooks import parse_hooks_env
 from .logs import format_line
 from .providers import build_provider
 from .routes import Routes
@@ -43,6 +44,7 @@ def check(settings: Settings | None = None) -> Checked:
     config = load_config_file(settings.config_file)
     rules = Rules(settings, config.get("rules"))
     Routes(config.get("routes"), str(settings.config_file))
+    parse_hooks_env(config, str(settings.config_file))
     provider = build_provider(settings, config, None)  # no metrics: only checked here
     try:
         settings.provider_operation_timeout(provider.name)
@@ -64,6 +66,12 @@ def warnings(settings: Settings, rules: Rules) -> list[str]:
         found.append(
             f"WEB_CONCURRENCY={settings.web_concurrency} ignored: the in-memory registry lives in one process, "
             "so paastis runs one worker (set REGISTRY_TYPE=redis to run several)"
+        )
+    if not settings.domains:
+        found.append(
+            "PAASTIS_DOMAINS is not set: any domain routes by its first label (a Host such as "
+            "<app>.attacker.example reaches the app); set PAASTIS_DOMAINS=apps.example.com,localhost "
+            "to serve only your domains"
         )
     if settings.dry_run:
         found.append("PAASTIS_DRY_RUN=true: no app will be stopped; would-be stops are recorded as APP_WOULD_STOP")

@@ -26,6 +26,7 @@ from flask import Response, request
 from requests.utils import DEFAULT_CA_BUNDLE_PATH
 from urllib3.util import SKIP_HEADER
 
+from .forwarding import TrustedFronts
 from .lifecycle import Lifecycle
 from .providers import AppInfo
 from .proxy import (
@@ -97,7 +98,7 @@ class Upgrades:
         timeouts = (proxy.connect_timeout, proxy.read_timeout_of(app.key))
         for attempt in (1, 2):
             try:
-                sock, head, rest = self._handshake(lifecycle.upstream_url(app), body, timeouts)
+                sock, head, rest = self._handshake(lifecycle.upstream_url(app), body, timeouts, proxy.trusted)
             except ClientBodyError as error:
                 log.warning("client error on upgrade to %s: %s", app.key, error.message)
                 return error_response(error.status, error.message)
@@ -119,14 +120,16 @@ class Upgrades:
             return refusal(sock, head + rest)
         raise AssertionError("unreachable")
 
-    def _handshake(self, upstream: str, body: Any, timeouts: tuple[float, float]) -> tuple[socket.socket, bytes, bytes]:
+    def _handshake(
+        self, upstream: str, body: Any, timeouts: tuple[float, float], trusted: TrustedFronts | None = None
+    ) -> tuple[socket.socket, bytes, bytes]:
         """Send the request head (and body) to the app; return its socket and its answer's head.
 
         ``timeouts``: to connect, then for the app's answer (as for other requests).
         """
         sock = self._connect(upstream, *timeouts)
         try:
-            headers = request_headers(request, upstream)
+            headers = request_headers(request, upstream, trusted)
             if headers.get("User-Agent") == SKIP_HEADER:
                 del headers["User-Agent"]  # requests' way of sending none; here none is simply not written
             headers["Connection"] = "Upgrade"

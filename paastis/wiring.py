@@ -22,7 +22,8 @@ from .dashboard import Dashboard, init_dashboard
 from .directory import Directory
 from .dry_run import DryRun
 from .events import EventStore, InMemoryEventStore
-from .hooks import HookRunner
+from .forwarding import TrustedFronts
+from .hooks import HookRunner, hook_environment, parse_hooks_env
 from .lifecycle import Lifecycle
 from .marks import InMemoryMarks, Marks, RedisMarks
 from .metrics import Metrics
@@ -36,6 +37,7 @@ from .routes import Routes
 from .rules import Rules, load_config_file
 from .savings import Savings
 from .schedule_runner import ScheduleRunner
+from .secrecy import Redactor, base_environment, passthrough
 from .sleep_gate import SleepGate
 from .supervisor import Leadership, SoleLeader, Supervisor
 from .system_api import bp as system_api_blueprint
@@ -113,6 +115,12 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
         timeout=settings.hooks_timeout,
         strict=settings.hooks_strict,
         on_result=metrics.hook_result,
+        environment=hook_environment(
+            base_environment(),
+            parse_hooks_env(config, str(settings.config_file)),
+            passthrough(settings.hooks_env_passthrough, settings.env.values),
+        ),
+        redact=Redactor.of(settings.env.values),
     )
     marks = build_marks(registry)
     dry_run = DryRun(registry, events, marks) if settings.dry_run else None
@@ -153,6 +161,8 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
         connect_timeout=settings.upstream_connect_timeout,
         read_timeout_of=lambda key: rules.policy(key).upstream_read_timeout,
         bulkhead=Bulkhead(settings.max_in_flight_per_app),
+        domains=settings.domains,
+        trusted=TrustedFronts(settings.forwarded_allow_ips),
     )
     gate = SleepGate(rules, PassiveVisitors(settings.passive_user_agents), metrics, settings.dry_run)
 

@@ -200,15 +200,12 @@ def test_json_logs_are_one_object_per_line(tmp_path, gunicorn_factory):
     assert all(record["time"].endswith("+00:00") and record["level"] for record in records)
 
 
-def test_spawned_apps_do_not_inherit_paastis_secrets(tmp_path, gunicorn_factory):
-    write_config(tmp_path, [local_app(tmp_path)[0]])
-    secrets = {
-        "ROUTING_SYSTEM_API_ENABLED": "true",
-        "ROUTING_SYSTEM_API_TOKEN": "admin-token-0123456789abcdef",
-        "PROVIDER_SCALINGO_API_TOKEN": "tk-us-secret",
-    }
-    paastis = gunicorn_factory({**secrets, "PROVIDER_NAME": "local", "SHARED_SETTING": "visible"})
-    names = "&".join(f"name={name}" for name in [*secrets, "SHARED_SETTING"])
-    seen = paastis.get(f"/env?{names}").json()
-    assert seen["ROUTING_SYSTEM_API_TOKEN"] is None and seen["PROVIDER_SCALINGO_API_TOKEN"] is None
-    assert seen["ROUTING_SYSTEM_API_ENABLED"] == "true" and seen["SHARED_SETTING"] == "visible"
+def test_spawned_apps_get_only_the_base_their_env_and_their_name(tmp_path, gunicorn_factory):
+    app, _ = local_app(tmp_path)
+    app["env"] = {"APP_SETTING": "visible"}
+    write_config(tmp_path, [app])
+    paastis = gunicorn_factory({"LOG_FORMAT": "text", "SHARED_SETTING": "not for apps"})
+    names = ["LOG_FORMAT", "SHARED_SETTING", "APP_SETTING", "PAASTIS_APP_NAME", "PATH"]
+    seen = paastis.get("/env?" + "&".join(f"name={name}" for name in names)).json()
+    assert seen["LOG_FORMAT"] is None and seen["SHARED_SETTING"] is None  # not named: not given
+    assert seen["APP_SETTING"] == "visible" and seen["PAASTIS_APP_NAME"] == "demo" and seen["PATH"]

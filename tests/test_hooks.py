@@ -20,10 +20,10 @@ def runner(**options) -> HookRunner:
     return HookRunner(**{**defaults, **options})
 
 
-def test_the_app_and_occasion_reach_the_hook_as_environment(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOOK_LOG", str(tmp_path / "hooks.log"))
+def test_the_app_and_occasion_reach_the_hook_as_environment(tmp_path):
     results = []
-    hooks = runner(on_result=lambda hook, ok: results.append((hook, ok)))
+    environment = {"PATH": os.environ["PATH"], "HOOK_LOG": str(tmp_path / "hooks.log")}
+    hooks = runner(on_result=lambda hook, ok: results.append((hook, ok)), environment=environment)
     assert hooks.run("before_start", ENV_DUMP, "shop", "request")
     assert hooks.run("after_stop", ENV_DUMP, "shop", "idle", region="osc-secnum-fr1")
     assert (tmp_path / "hooks.log").read_text().splitlines() == [
@@ -101,6 +101,7 @@ def test_hooks_run_around_starts_and_stops_with_reasons_and_rule_overrides(tmp_p
         {
             **env,
             "HOOK_LOG": str(log),
+            "HOOKS_ENV_PASSTHROUGH": "HOOK_LOG",  # hooks get it only when named on purpose
             "PROVIDER_REGION": "eu-west",
             "START_AND_STOP_MAX_IDLE_TIME": "0.02",
             "START_AND_STOP_CHECKING_INTERVAL": "0.3",
@@ -161,7 +162,7 @@ def test_a_host_full_of_shell_metacharacters_runs_nothing(tmp_path, gunicorn_fac
     marker = tmp_path / "pwned"
     write_config(tmp_path, [demo], [{"pattern": ".*", "hooks": {"before_start": ENV_DUMP}}])
     log = tmp_path / "hooks.log"
-    paastis = gunicorn_factory({"HOOK_LOG": str(log)})
+    paastis = gunicorn_factory({"HOOK_LOG": str(log), "HOOKS_ENV_PASSTHROUGH": "HOOK_LOG"})
     hostile = [
         f"$(touch {marker}).localhost",
         f"`touch {marker}`.localhost",

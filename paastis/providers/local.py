@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit
 from .. import deadlines
 from ..config import ConfigError, Settings
 from ..routing import is_valid_app_key
+from ..secrecy import Redactor, base_environment
 from .base import FAILED, RUNNING, STARTING, STOPPED, AppInfo, AppNotFound, ProviderError, ProviderTimeout
 
 if TYPE_CHECKING:
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PAASTIS_SECRET = re.compile(r"ROUTING_SYSTEM_API_TOKEN|PROVIDER_\w*(TOKEN|SECRET|KEY)|REGISTRY_REDIS_URL")
 TAIL_LINES = 5  # lines of a failed command's output quoted in its error
 KILL_WAIT = 5.0  # seconds for the kernel to reap a SIGKILLed group
 APP_FIELDS = {"name", "url", "command", "start", "stop", "ready_path", "cwd", "env", "stop_timeout"}
@@ -116,10 +115,13 @@ class LocalProvider:
     poll_interval = 0.05  # a status check is one local TCP connect: cheap
     probe_upstream = False  # status() already probes the app itself
 
-    def __init__(self, apps: list[LocalApp], state_dir: Path, operation_timeout: float):
+    def __init__(
+        self, apps: list[LocalApp], state_dir: Path, operation_timeout: float, redact: Redactor | None = None
+    ):
         self.apps = {app.name: app for app in apps}
         self.state_dir = state_dir
         self.operation_timeout = operation_timeout
+        self.redact = redact or Redactor(())  # an app's output is quoted in errors, which are logged
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -142,7 +144,7 @@ class LocalProvider:
         if duplicates:
             raise ConfigError(f"{source} apps: duplicate name(s) {', '.join(sorted(duplicates))}")
         timeout = settings.provider_operation_timeout("local")
-        return cls(apps, settings.state_dir, timeout)
+        return cls(apps, settings.state_dir, timeout, Redactor.of(settings.env.values))
 
     # -- the provider interface -------------------------------------------------
 
@@ -169,7 +171,7 @@ class LocalProvider:
         ended = f"exited with code {code}" if code is not None else "exited"
         tail = _tail(self._log_path(local), identity.log_offset if identity else 0)
         output = f"; its last output: {' | '.join(tail)}" if tail else ""
-        return f"{local.command!r} {ended}{output} (full output in {self._log_path(local)})"
+        return self.redact(f"{local.command!r} {ended}{output} (full output in {self._log_path(local)})")
 
     def start(self, app: AppInfo, memo: dict | None = None) -> None:
         local = self._app(app)
@@ -335,8 +337,12 @@ class LocalProvider:
             path.unlink(missing_ok=True)
 
     def _environment(self, app: LocalApp) -> dict[str, str]:
-        """paastis's environment minus its own secrets (apps are not paastis), plus the app's."""
-        env = {k: v for k, v in os.environ.items() if not PAASTIS_SECRET.fullmatch(k)}
+        """Least privilege: the documented base, the app's own ``env:``, its ``PORT`` and name; nothing else.
+
+        Never paastis's environment as a whole: it holds the admin token, the session key,
+        the provider's credentials and the database and Redis URLs (see docs/security.md).
+        """
+        env = base_environment()
         env.update(app.env or {})
         env["PORT"] = str(app.address[1])
         env["PAASTIS_APP_NAME"] = app.name
@@ -385,7 +391,7 @@ class LocalProvider:
             ) from None
         if process.returncode != 0:
             tail = (stderr or stdout).decode(errors="replace").strip().splitlines()[-TAIL_LINES:]
-            detail = f": {' | '.join(tail)}" if tail else ""
+            detail = self.redact(f": {' | '.join(tail)}") if tail else ""
             raise ProviderError(self.name, app.name, f"{what} command exited with code {process.returncode}{detail}")
 
 
