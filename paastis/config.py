@@ -233,6 +233,7 @@ class Settings:
     access_log: str | None = None
     cluster_lock_ttl: float = 30.0
     directory_ttl: float = 30.0
+    refresh_interval: float = 10.0  # PROVIDER_REFRESH_INTERVAL: explicit refreshes are at most this often
     stop_concurrency: int = 4
     ignored_apps: tuple[str, ...] = ()
     allowed_apps: tuple[str, ...] = ()
@@ -322,6 +323,7 @@ class Settings:
             supervisor_lock_ttl=env.number("SUPERVISOR_LOCK_TTL", 30.0),
             cluster_lock_ttl=env.number("CLUSTER_LOCK_TTL", 30.0),
             directory_ttl=env.number("PROVIDER_DIRECTORY_TTL", 30.0, allow_zero=True),
+            refresh_interval=env.number("PROVIDER_REFRESH_INTERVAL", 10.0, allow_zero=True),
             stop_concurrency=env.integer("STOP_CONCURRENCY", 4),
             ignored_apps=tuple(env.csv("REGISTRY_IGNORED_APPS")),
             allowed_apps=tuple(env.csv("REGISTRY_ALLOWED_APPS")),

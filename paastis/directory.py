@@ -8,6 +8,13 @@ The maps are built aside and swapped in with one assignment: a reader sees the o
 the new one, never half of one, and takes no lock. A reader never waits on a listing another
 thread started (except for the very first one): while one is under way, a missing key is
 answered from the current list.
+
+The list also carries what paastis itself did since it was listed (:meth:`Directory.note`):
+an app paastis stopped reads ``stopped`` in it at once, and stays so in a listing that began
+before the stop. So the idle check can skip listings while the API budget goes to a crowd of
+stops, and still decide from "the last listing plus what paastis did" (see
+:mod:`paastis.lifecycle.idle`); the admin API, the dashboard and the CLI read this list too,
+and never list the provider to answer (an explicit refresh does).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
 from .providers import AppInfo, Provider
 from .rules import Rules
@@ -38,6 +46,16 @@ class Listing:
                 by_key.setdefault(alias, app)
         return cls(by_key, {app.name: app for app in apps})
 
+    def with_status(self, name: str, status: str) -> Listing:
+        """The same listing, where the app named ``name`` (the provider's name) has ``status``."""
+        app = self.by_name.get(name)
+        if app is None or app.status == status:
+            return self
+        changed = replace(app, status=status)
+        by_key = {k: changed if a is app else a for k, a in self.by_key.items()}
+        by_name = {n: changed if a is app else a for n, a in self.by_name.items()}
+        return Listing(by_key, by_name)
+
     def without(self, key: str) -> Listing:
         app = self.by_key.get(key)
         if app is None:
@@ -55,6 +73,9 @@ class Directory:
         self.ttl = ttl
         self._listing = Listing()
         self._refreshed_at: float | None = None  # when the last listing began (a failed one counts)
+        self._listed_at: float | None = None  # when the last successful listing began
+        self.listed_at_wall: datetime | None = None  # the same, as a date for people (GET /apps, the dashboard)
+        self._notes: dict[str, tuple[str, float]] = {}  # provider app name -> (status paastis brought it to, when)
         self._answered = False  # a listing has ended (listed or failed): before that, readers wait for it
         self.last_error: str | None = None  # why the last listing failed, while it is the latest word
         self._gate = threading.Lock()  # one listing at a time
@@ -63,6 +84,16 @@ class Directory:
     def refresh(self) -> list[AppInfo]:
         """List the provider's apps now (raises the provider's error, keeping the old list)."""
         with self._gate:
+            try:
+                return self._list()
+            finally:
+                self._answered = True
+
+    def refresh_unless_fresh(self, min_age: float) -> list[AppInfo] | None:
+        """An explicit refresh: list now, unless a listing began less than ``min_age`` seconds ago (None)."""
+        with self._gate:
+            if self.age() < min_age:
+                return None
             try:
                 return self._list()
             finally:
@@ -84,6 +115,10 @@ class Directory:
             return True
         return self._find(self._listing, key, self.rules.policy(key).app_name) is not None
 
+    def cached(self, key: str) -> AppInfo | None:
+        """The app ``key`` stands for in the current list, never listing (None if it is not there)."""
+        return self._find(self._listing, key, self.rules.policy(key).app_name)
+
     def resolve(self, key: str) -> AppInfo | None:
         """The app a request key stands for: a rule's ``app_name``, else the key itself."""
         target = self.rules.policy(key).app_name
@@ -93,22 +128,40 @@ class Directory:
             app = self._find(self._listing, key, target)
         return app
 
+    def age(self) -> float:
+        """Seconds since the last successful listing began (infinite before the first)."""
+        return float("inf") if self._listed_at is None else time.monotonic() - self._listed_at
+
+    def note(self, app: AppInfo, status: str) -> None:
+        """paastis itself just brought ``app`` to ``status`` (started, stopped): the list says so until the
+        next listing that began after now, which tells the platform's own word."""
+        with self._edit:
+            self._notes[app.name] = (status, time.monotonic())
+            self._listing = self._listing.with_status(app.name, status)
+
     def forget(self, key: str) -> None:
         """The provider said 404 for this app: drop it until the next listing brings it back."""
         with self._edit:
             self._listing = self._listing.without(key)
 
     def _list(self) -> list[AppInfo]:
+        began = time.monotonic()
+        began_wall = datetime.now(UTC)
         try:
             apps = self.provider.list_apps()
         except Exception as error:
             self.last_error = str(error)
             raise
-        listing = Listing.of(apps)  # built before anyone can see it
         with self._edit:
-            self._listing = listing
+            # What paastis did while the platform was listing is newer than what the listing says.
+            self._notes = {name: note for name, note in self._notes.items() if note[1] >= began}
+            notes = self._notes
+            apps = [replace(app, status=notes[app.name][0]) if app.name in notes else app for app in apps]
+            self._listing = Listing.of(apps)
         self.last_error = None
         self._refreshed_at = time.monotonic()
+        self._listed_at = began
+        self.listed_at_wall = began_wall
         return apps
 
     def _find(self, listing: Listing, key: str, target: str) -> AppInfo | None:

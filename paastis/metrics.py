@@ -30,6 +30,19 @@ class Metrics:
             ["provider", "operation", "outcome"],
             registry=r,
         )
+        self.provider_calls_by_class = Counter(
+            "paastis_provider_calls",
+            "Provider API calls let through by the account's scheduler, by provider and class "
+            "(wake, operator, stop, background)",
+            ["provider", "class"],
+            registry=r,
+        )
+        self.provider_budget_remaining = Gauge(
+            "paastis_provider_budget_remaining",
+            "Provider API calls that could go now within the account's budget",
+            ["provider"],
+            registry=r,
+        )
         self.hook_runs = Counter("paastis_hook_runs", "Hook runs, by hook and outcome", ["hook", "outcome"], registry=r)
         self.registry_size = Gauge("paastis_registry_size", "Apps in the registry", registry=r)
         self.websockets_open = Gauge(
@@ -46,6 +59,13 @@ class Metrics:
             "paastis_idle_check_duration_seconds",
             "Duration of one idle check: the provider listing and the decisions (stops run after, concurrently)",
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.idle_check_listings = Counter(
+            "paastis_idle_check_listings",
+            "Idle checks that listed the provider (listed) or decided from the last list while stops "
+            "spent a short API budget (skipped)",
+            ["outcome"],
             registry=r,
         )
         self.idle_check_apps = Gauge(

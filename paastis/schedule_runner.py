@@ -19,6 +19,7 @@ from .directory import Directory
 from .lifecycle import Lifecycle, WakeError
 from .marks import Marks, MarksUnavailable
 from .providers import RUNNING, AppInfo, Provider, ProviderError
+from .providers.priority import CallClass, calls_as
 from .registry import Registry, utcnow
 from .rules import Rules
 
@@ -103,7 +104,8 @@ class ScheduleRunner:
     def _running(self, app: AppInfo) -> bool:
         """An app not in the registry may still run (nobody told this leader yet): ask the provider."""
         try:
-            return (app.status or self.provider.status(app)) == RUNNING
+            with calls_as(CallClass.STOP):  # part of the schedule's stop
+                return (app.status or self.provider.status(app)) == RUNNING
         except ProviderError as error:
             log.warning("schedule: no status for %s: %s", app.key, error)
             return True  # try to stop it: a stop of a stopped app costs one call

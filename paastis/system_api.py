@@ -25,7 +25,8 @@ from . import deadlines
 from . import events as ev
 from .events import EventStoreUnavailable, instance_id
 from .lifecycle import WakeError
-from .providers import UNKNOWN, AppInfo, ProviderError
+from .providers import RUNNING, UNKNOWN, AppInfo, ProviderError
+from .providers.priority import CallClass, calls_as
 from .proxy import is_system_request
 from .registry import utcnow
 from .routing import is_valid_app_key
@@ -90,9 +91,20 @@ def authenticate() -> Response | None:
     return None
 
 
+class RetryLater(ApiError):
+    """429: asked again too soon; ``Retry-After`` says when."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(429, message)
+        self.retry_after = retry_after
+
+
 @bp.app_errorhandler(ApiError)
 def api_error(exc: ApiError) -> Response:
-    return error(exc.status, exc.message)
+    response = error(exc.status, exc.message)
+    if isinstance(exc, RetryLater):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 @bp.app_errorhandler(HTTPException)
@@ -123,14 +135,26 @@ def resolve(name: str) -> AppInfo:
 
 
 def status_of(app: AppInfo) -> str:
-    """The listing's status when it has one, else one status call (cheap for local apps)."""
+    """The listing's status (plus what paastis did since), never an API call.
+
+    A provider without an API (local) is asked: that is a local connect, not budget. For the
+    others, an app the listing says nothing about is ``running`` while paastis tracks it awake.
+    """
     if app.status:
         return app.status
+    paastis = _paastis()
+    if paastis.provider.scheduler is not None:
+        return RUNNING if paastis.registry.get(app.key) is not None else UNKNOWN
     try:
-        return _paastis().provider.status(app)
+        return paastis.provider.status(app)
     except ProviderError as exc:
         log.warning("system API: no status for %s: %s", app.key, exc)
         return UNKNOWN
+
+
+def fresh(app: AppInfo) -> AppInfo:
+    """``app`` as the directory knows it now (after a start or a stop it noted), without listing."""
+    return _paastis().directory.cached(app.key) or app
 
 
 def describe(app: AppInfo, status: str | None = None) -> dict[str, Any]:
@@ -153,6 +177,7 @@ def describe(app: AppInfo, status: str | None = None) -> dict[str, Any]:
         "requests_in_flight": paastis.registry.in_flight(app.key),
         "websockets": paastis.upgrades.open(app.key),
         "starting": paastis.lifecycle.starting(app.key),
+        "stop_queued": paastis.lifecycle.stop_queued(app.key),
         **schedule_fields(policy),
     }
 
@@ -166,24 +191,56 @@ def schedule_fields(policy: Any) -> dict[str, Any]:
 
 
 def listed_apps() -> list[AppInfo]:
-    """The provider's apps, plus registered keys that a rule renames onto one of them."""
+    """The directory's apps (never a listing but the very first), plus registered keys a rule renames onto one."""
     paastis = _paastis()
-    try:
-        apps = paastis.directory.refresh()
-    except ProviderError as exc:
-        raise ApiError(502, f"could not list apps: {exc}") from None
+    apps = paastis.directory.apps()
+    if not apps and paastis.directory.last_error is not None:
+        raise ApiError(502, f"could not list apps: {paastis.directory.last_error}")
     keys = {app.key for app in apps}
     for entry in paastis.registry.all():
         if entry.key not in keys:
-            alias = paastis.directory.resolve(entry.key)
+            alias = paastis.directory.cached(entry.key)
             if alias is not None:
                 apps.append(alias)
     return sorted(apps, key=lambda app: app.key)
 
 
+def listing_fields() -> dict[str, Any]:
+    """When the list shown was made, and why it may be old (``listing_error``)."""
+    directory = _paastis().directory
+    return {"listed_at": iso(directory.listed_at_wall), "listing_error": directory.last_error}
+
+
 @bp.get("/apps")
 def list_apps() -> Response:
-    return jsonify(apps=[describe(app) for app in listed_apps()])
+    """From the directory's cache: reading costs no API call (``POST /apps/refresh`` lists on purpose)."""
+    return jsonify(apps=[describe(app) for app in listed_apps()], **listing_fields())
+
+
+@bp.post("/apps/refresh")
+def refresh_apps() -> Response:
+    """List the provider now, at the lowest class of its API budget; 429 while the last listing is too recent."""
+    refreshed = refresh_listing("system API")
+    return jsonify(apps=len(refreshed), **listing_fields())
+
+
+def refresh_listing(via: str) -> list[AppInfo]:
+    """An explicit refresh (admin API, dashboard): rate-limited, and it waits behind every other API call."""
+    paastis = _paastis()
+    interval = paastis.settings.refresh_interval
+    budget = paastis.settings.provider_operation_timeout(paastis.provider.name)
+    try:
+        with deadlines.deadline_at(time.monotonic() + budget), calls_as(CallClass.BACKGROUND):
+            apps = paastis.directory.refresh_unless_fresh(interval)
+    except ProviderError as exc:
+        raise ApiError(exc.status if exc.status != 404 else 502, f"could not list apps: {exc}") from None
+    except deadlines.DeadlinePassed:
+        raise ApiError(504, f"could not list apps within {budget:g}s (the API budget is busy)") from None
+    if apps is None:
+        wait = max(1, round(interval - paastis.directory.age()))
+        raise RetryLater(f"the apps were listed less than {interval:g}s ago: try again in {wait}s", wait)
+    log.info("%s: apps listed on request (%d)", via, len(apps))
+    return apps
 
 
 @bp.get("/apps/<name>")
@@ -203,14 +260,14 @@ def forget_apps() -> Response:
 def start_app(name: str) -> Response:
     app = resolve(name)
     wake(app, "system API")
-    return jsonify(describe(app))
+    return jsonify(describe(fresh(app)))
 
 
 @bp.post("/apps/<name>/stop")
 def stop_app(name: str) -> Response:
     app = resolve(name)
     put_to_sleep(app, "system API")
-    return jsonify(describe(app))
+    return jsonify(describe(fresh(app)))
 
 
 def wake(app: AppInfo, via: str) -> None:
@@ -333,10 +390,10 @@ def _redis_state(paastis: Any) -> str:
 
 
 def _provider_state(paastis: Any) -> dict[str, Any]:
-    try:
-        apps = paastis.directory.refresh()
-    except Exception as exc:  # noqa: BLE001 - reported, not raised: this is the health check
-        return {"name": paastis.provider.name, "status": "unreachable", "error": str(exc)[:300]}
+    """From the directory: the last listing's outcome (the idle check lists every interval); no API call."""
+    apps = paastis.directory.apps()  # lists only if nothing was ever listed
+    if paastis.directory.last_error is not None:
+        return {"name": paastis.provider.name, "status": "unreachable", "error": paastis.directory.last_error[:300]}
     return {"name": paastis.provider.name, "status": "ok", "apps": len(apps)}
 
 

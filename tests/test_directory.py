@@ -119,3 +119,34 @@ def test_readers_never_wait_on_someone_elses_listing_nor_see_half_a_list(tmp_pat
         provider.release.set()
         lister.join(10)
     assert provider.listings == 2  # the readers' misses did not list again behind the lister
+
+
+def test_what_paastis_did_stays_in_the_list_until_a_listing_that_began_after_it(tmp_path):
+    directory, provider = build(tmp_path, ttl=3600)
+    directory.refresh()
+    slow = SlowListingProvider(list(provider.apps.values()), provider.state_dir, provider.operation_timeout)
+    directory.provider = slow
+    slow.listings = 1  # the next listing is slow
+    shop = directory.cached("shop-production-eu")
+    assert shop.status is None  # the local provider's list does not say
+    listing = threading.Thread(target=directory.refresh)
+    listing.start()
+    wait_until(slow.listing.is_set, 10, what="the slow listing to begin")
+    directory.note(shop, "stopped")  # paastis stopped it while the platform was listing
+    assert directory.cached("shop-production-eu").status == "stopped"  # seen at once, without a listing
+    slow.release.set()
+    listing.join(10)
+    assert directory.cached("shop-production-eu").status == "stopped"  # the older listing does not undo it
+    directory.refresh()  # began after the stop: the platform's own word again
+    assert directory.cached("shop-production-eu").status is None
+
+
+def test_an_explicit_refresh_is_refused_while_the_last_listing_is_recent(tmp_path):
+    directory, provider = build(tmp_path, ttl=3600)
+    assert directory.age() == float("inf")
+    assert directory.refresh_unless_fresh(60) is not None
+    assert directory.refresh_unless_fresh(60) is None  # listed less than a minute ago
+    assert provider.listings == 1
+    assert directory.refresh_unless_fresh(0) is not None
+    assert provider.listings == 2
+    assert directory.listed_at_wall is not None

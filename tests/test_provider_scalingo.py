@@ -12,6 +12,7 @@ import pytest
 from paastis.config import ConfigError, Settings
 from paastis.metrics import Metrics
 from paastis.providers import FAILED, RUNNING, STARTING, STOPPED, AppInfo, AppNotFound, ProviderAuthError, ProviderError
+from paastis.providers.http import WindowLimiter
 from paastis.providers.priority import background_calls
 from paastis.providers.scalingo import ScalingoProvider, jwt_lifetime, regional_urls
 from paastis.providers.shared_limiter import SharedRateLimiter
@@ -349,17 +350,20 @@ def test_a_429_storm_is_waited_out(platforms, caplog):
 
 
 def test_calls_never_exceed_the_budget(platforms):
-    # 600/min here (the fake enforces the same) so that the test takes seconds, not minutes.
-    platform = platforms(rate_limit=600)
+    # 10 calls in any 2 s here (the fake enforces the same) so that the test takes seconds, not minutes.
+    platform = platforms(rate_limit=10, window=2.0)
     platform.add_app("shop")
-    provider = provider_for(platform, PROVIDER_SCALINGO_RATE_LIMIT="600")
-    shop = listed(provider, "shop")
+    provider = provider_for(platform)
+    assert isinstance(provider.scheduler.limiter, WindowLimiter)  # one process: the last minute's calls, logged
+    provider.scheduler.limiter = WindowLimiter(10, window=2.0, margin=0.2)
+    shop = AppInfo(key="shop", name="shop", region="osc-fr1")
     started = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda _: provider.status(shop), range(130)))
+        list(pool.map(lambda _: provider.status(shop), range(25)))
     elapsed = time.monotonic() - started
     assert platform.limit.rejected == 0
-    assert elapsed >= 2.5  # a burst of 100, then 500/min: the last 30 waited for the bucket
+    assert platform.calls("GET", "/v1/apps/shop") == 25
+    assert elapsed >= 4.0  # 10, then 10 once the first window passed, then the last 5 a window later
 
 
 def test_idle_checks_that_would_spend_the_budget_are_warned_about(platforms, caplog):

@@ -135,6 +135,7 @@ def test_get_apps_lists_provider_apps_merged_with_the_registry(client):
         "requests_in_flight",
         "websockets",
         "starting",
+        "stop_queued",
         "schedule",
         "next_change",
     }
@@ -310,16 +311,26 @@ def test_provider_api_calls_and_errors_are_counted_and_health_tells_them(tmp_pat
         "PROVIDER_SCALINGO_AUTH_URL": platform.auth.url,
         "ROUTING_SYSTEM_API_ENABLED": "true",
         "ROUTING_SYSTEM_API_TOKEN": TOKEN,
+        "PROVIDER_REFRESH_INTERVAL": "0",
     }
     app = create_app(Settings.from_env(env, dotenv=False))
     client = app.test_client()
     try:
         assert call(client, "GET", "/health").get_json()["provider"] == {"name": "scalingo", "status": "ok", "apps": 1}
+        listings = platform.calls("GET", "/v1/apps")
+        assert call(client, "GET", "/health").status_code == 200
+        assert platform.calls("GET", "/v1/apps") == listings  # the health check reads the last listing's outcome
         platform.refuse_all_bearers = True  # as when the account is suspended: every call answers 401
         platform.revoke_bearers()
+        refreshed = call(client, "POST", "/apps/refresh")  # (the idle check's next listing would do the same)
+        assert refreshed.status_code == 502 and "credentials refused" in refreshed.get_json()["error"]
         health = call(client, "GET", "/health")
         assert health.status_code == 503 and health.get_json()["provider"]["status"] == "unreachable"
         text = call(client, "GET", "/metrics").get_data(as_text=True)
+        by_class = [line for line in text.splitlines() if line.startswith("paastis_provider_calls_total{")]
+        # The refused listing, the token exchange for a new bearer, the listing again (refused too):
+        assert 'paastis_provider_calls_total{class="background",provider="scalingo"} 3.0' in by_class, by_class
+        assert 'paastis_provider_budget_remaining{provider="scalingo"} 57.0' in text.splitlines()  # 60 a minute, 3 spent
         calls = [line for line in text.splitlines() if line.startswith("paastis_provider_api_calls_total{")]
         assert any('provider="scalingo"' in line and 'outcome="success"' in line for line in calls), calls
         assert any('outcome="auth_error"' in line and not line.endswith(" 0.0") for line in calls), calls

@@ -14,7 +14,17 @@ from .. import events as ev
 from ..events import Event, EventStoreUnavailable
 from ..providers import AppInfo
 from ..routing import is_valid_app_key
-from ..system_api import ApiError, describe, listed_apps, put_to_sleep, resolve, wake
+from ..system_api import (
+    ApiError,
+    describe,
+    fresh,
+    listed_apps,
+    listing_fields,
+    put_to_sleep,
+    refresh_listing,
+    resolve,
+    wake,
+)
 from . import bp, dashboard, page_error, savings, wants_fragment
 from .charts import daily_chart
 
@@ -37,7 +47,19 @@ def http_error(exc: HTTPException) -> Response:
 def apps() -> str | Response:
     rows, error = all_rows()
     interval = f"{current_app.extensions['paastis'].settings.checking_interval:g} s"
-    return render_template("dashboard/apps.html", rows=rows, error=error, interval=interval)
+    return render_template("dashboard/apps.html", rows=rows, error=error, interval=interval, **listing_fields())
+
+
+@bp.post("/apps/refresh")
+def refresh_apps() -> Response:
+    """The refresh button: one listing at the lowest class of the API budget, rate-limited like the admin API's."""
+    try:
+        count = len(refresh_listing("dashboard"))
+    except ApiError as error:
+        flash(f"Could not refresh: {error.message}", "error")
+    else:
+        flash(f"Listed {count} apps from the provider.", "info")
+    return redirect(url_for("dashboard.apps"), code=303)
 
 
 @bp.get("/apps/rows")
@@ -89,7 +111,7 @@ def found(name: str) -> AppInfo:
 def done(app: AppInfo, message: str, status: int = 200) -> Response | str:
     """The script gets the app's fresh row; a plain form post goes back to the list with a message."""
     if wants_fragment():
-        return render_row(app, message if status != 200 else None), status
+        return render_row(fresh(app), message if status != 200 else None), status
     flash(message, "error" if status != 200 else "info")
     return redirect(url_for("dashboard.apps"), code=303)
 

@@ -101,6 +101,7 @@ class Lifecycle:
             operation_timeout,
             dry_run,
             close_connections,
+            directory,
         )
         self.idle = IdleCheck(
             provider,
@@ -148,6 +149,10 @@ class Lifecycle:
 
     def starting(self, key: str) -> bool:
         return self.flights.starting(key)
+
+    def stop_queued(self, key: str) -> bool:
+        """An idle stop of ``key`` is queued or under way here (the idle check's leader knows)."""
+        return self.idle.is_stopping(key)
 
     def router_says_down(self, app: AppInfo, status: int) -> bool:
         return self.readiness.router_says_down(app, status)

@@ -8,6 +8,14 @@ A tick is linear in the number of apps: one listing, one registry snapshot, a ma
 apps hold which others awake computed once, unmanaged apps skipped before anything else.
 Stops run afterwards on a small pool (``STOP_CONCURRENCY``), so the next tick lists on time
 even while a crowd of idle apps is being put to sleep.
+
+The API budget (see :mod:`paastis.providers.scheduler`):
+- The listing is of the lowest class (``background``). While stops are queued and the budget
+  is short, a tick does not list: it decides from the last listing plus what paastis itself did
+  (the directory's notes), down to one listing per ``PROVIDER_DIRECTORY_TTL``; that overdue
+  listing then takes its turn among the stops. With the budget idle, every tick lists.
+- While the budget has room, the formations of running apps paastis never woke are read ahead
+  (one app at a time, lowest class), so that their stop is one call when they go idle.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from .. import events as ev
 from ..directory import Directory
 from ..metrics import Metrics
 from ..providers import FAILED, RUNNING, STOPPED, AppInfo, Provider, ProviderError
+from ..providers.priority import CallClass, calls_as
 from ..registry import Registry, RunningApp, utcnow
 from ..rules import Rules
 from .flights import Flights
@@ -61,12 +70,16 @@ class IdleCheck:
         self._lock = threading.Lock()
         self.last_listing_seconds = 0.0  # how long the last tick waited on the provider's listing
         self.last_own_seconds = 0.0  # and how long its own work took
+        self.listings = {"listed": 0, "skipped": 0}  # ticks that listed the provider, and those that did not
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paastis-read-ahead")
+        self._reading = False  # a read-ahead round is under way
+        self._formation_known: set[str] = set()  # keys whose formation is remembered (no need to ask again)
 
     def check(self) -> None:
         """One tick: sync the registry with the provider's list, then queue the stops of idle apps."""
         started = time.perf_counter()
         try:
-            apps = self.directory.refresh()
+            apps = self._listing()
             listed_at = time.perf_counter()
             self._decide(apps)
         finally:
@@ -74,6 +87,21 @@ class IdleCheck:
             self.metrics.idle_check_duration.observe(ended - started)
         self.last_listing_seconds = listed_at - started
         self.last_own_seconds = ended - listed_at
+        self._read_ahead()
+
+    def _listing(self) -> list[AppInfo]:
+        """List the provider, unless stops are queued and the budget is short (then the last list, and our notes)."""
+        scheduler = self.provider.scheduler
+        overdue = self.directory.age() >= self.directory.ttl
+        if scheduler is None or overdue or not self._stopping or scheduler.has_room():
+            self.listings["listed"] += 1
+            self.metrics.idle_check_listings.labels("listed").inc()
+            # Overdue (a TTL without a listing): it takes its turn among the stops instead of after all of them.
+            with calls_as(CallClass.STOP if overdue and self._stopping else CallClass.BACKGROUND):
+                return self.directory.refresh()
+        self.listings["skipped"] += 1
+        self.metrics.idle_check_listings.labels("skipped").inc()
+        return self.directory.apps()
 
     def is_idle(self, app: AppInfo) -> bool:
         """Idle by its own measure, and not held by a busy app that links to it (read afresh)."""
@@ -86,8 +114,14 @@ class IdleCheck:
         with self._lock:
             return frozenset(self._stopping)
 
+    def is_stopping(self, key: str) -> bool:
+        """Whether the idle stop of ``key`` is queued or under way (GET /apps ``stop_queued``)."""
+        with self._lock:
+            return key in self._stopping
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._reader.shutdown(wait=False, cancel_futures=True)
 
     # -- one tick ---------------------------------------------------------------
 
@@ -99,6 +133,7 @@ class IdleCheck:
         for key in [key for key in entries if key not in listed]:
             self.journal.forgotten(key, "idle", "the provider no longer lists it (or a renamed key holds it)")
             del entries[key]
+        self._formation_known &= set(entries)  # a stopped app's next run may have another formation
         holders = self._holders(entries)
         idle = [listed[key] for key in self._idle_keys(entries, holders)]
         for app in idle:
@@ -188,3 +223,53 @@ class IdleCheck:
         if not all(self._expired(k, entry, now) for k, entry in entries.items()):
             return False
         return not any(self.registry.in_flight_many(sorted(entries)).values())
+
+    # -- formations read ahead, while the budget has room ----------------------------
+
+    def _read_ahead(self) -> None:
+        """Queue one read-ahead round, unless one is under way or the provider has nothing to read."""
+        if getattr(self.provider, "read_ahead", None) is None or self.provider.scheduler is None:
+            return
+        with self._lock:
+            if self._reading:
+                return
+            self._reading = True
+        try:
+            self._reader.submit(self._read_round)
+        except RuntimeError:  # closed
+            self._reading = False
+
+    def _read_round(self) -> None:
+        """Read the formations of running apps whose formation paastis does not know, soonest idle first,
+        for as long as the budget has room (a wake, an operator or a stop waiting ends the round)."""
+        try:
+            with calls_as(CallClass.BACKGROUND):
+                for entry in sorted(self.registry.all(), key=lambda e: e.last_accessed_at):
+                    if not self.provider.scheduler.has_room(2):
+                        return
+                    self._read_one(entry.key)
+        except Exception:  # noqa: BLE001 - the next tick tries again
+            log.exception("reading formations ahead failed")
+        finally:
+            with self._lock:
+                self._reading = False
+
+    def _read_one(self, key: str) -> None:
+        if key in self._formation_known or key in self._stopping or self.flights.busy(key):
+            return
+        if not self.rules.policy(key).managed:
+            return
+        if self.registry.recall(key) is not None:
+            self._formation_known.add(key)
+            return
+        app = self.directory.cached(key)
+        if app is None:
+            return
+        try:
+            memo = self.provider.read_ahead(app)
+        except ProviderError as error:
+            log.info("could not read the formation of %s ahead: %s", key, error)
+            return
+        if memo and self.registry.get(key) is not None and self.registry.recall(key) is None:
+            self.registry.remember(key, memo)  # (a start or stop meanwhile remembered a fresher one)
+        self._formation_known.add(key)

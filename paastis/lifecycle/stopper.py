@@ -10,15 +10,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 
 from .. import events as ev
+from ..directory import Directory
 from ..dry_run import DryRun
 from ..hooks import HookFailed, HookRunner
 from ..logs import about_app
 from ..metrics import Metrics
 from ..providers import STOPPED, AppInfo, Provider, ProviderError
-from ..providers.priority import background_calls
+from ..providers.priority import CallClass, calls_as
 from ..registry import Registry
 from ..rules import Rules
 from .flights import Flights
@@ -27,7 +27,12 @@ from .waker import ClusterLock
 
 log = logging.getLogger("paastis.lifecycle")
 
-UNATTENDED = ("idle", "schedule")  # stops nobody waits for: they spend the API budget last, and are not followed
+UNATTENDED = ("idle", "schedule")  # stops nobody waits for: they spend the API budget after wakes, and are not followed
+
+
+def stop_class(reason: str) -> CallClass:
+    """Idle and schedule stops spend the budget after wakes and operators' requests (paastis.providers.priority)."""
+    return CallClass.STOP if reason in UNATTENDED else CallClass.OPERATOR
 
 
 class Stopper:
@@ -44,6 +49,7 @@ class Stopper:
         operation_timeout: float,
         dry_run: DryRun | None = None,
         close_connections: Callable[[str], None] = lambda key: None,
+        directory: Directory | None = None,
     ):
         self.provider = provider
         self.registry = registry
@@ -56,6 +62,7 @@ class Stopper:
         self.operation_timeout = operation_timeout
         self.dry_run = dry_run  # PAASTIS_DRY_RUN: stops are only recorded (APP_WOULD_STOP)
         self.close_connections = close_connections  # an app's open WebSockets (see paastis.relay)
+        self.directory = directory  # told of each stop: the list reads "stopped" before the next listing
 
     def stop(self, app: AppInfo, reason: str, still_idle: Callable[[AppInfo], bool] | None = None) -> bool:
         """Stop ``app`` unless something else is happening to it; True if it was stopped.
@@ -73,7 +80,7 @@ class Stopper:
             flight.done.wait(self.operation_timeout)
             return False
         try:
-            with about_app(app.key), self.cluster_lock(app.key) as ours:
+            with about_app(app.key), calls_as(stop_class(reason)), self.cluster_lock(app.key) as ours:
                 if not ours or (still_idle is not None and not still_idle(app)):
                     return False  # another instance is starting or stopping it, or it was used meanwhile
                 if reason != "idle" and self._already_stopped(app, reason):
@@ -90,6 +97,7 @@ class Stopper:
             log.warning("could not tell whether %s is already stopped (%s): stopping it", app.key, error)
             return False
         if stopped:
+            self._note_stopped(app)
             log.info("%s is already stopped: nothing to do", app.key)
             if self.registry.get(app.key) is not None:
                 self.journal.forgotten(app.key, reason, "found stopped")
@@ -112,8 +120,7 @@ class Stopper:
         self.close_connections(app.key)  # with a Close frame (1001) rather than a reset by the dying app
         try:
             log.info("stopping %s (%s)", app.key, reason)
-            with background_calls() if reason in UNATTENDED else nullcontext():  # a wake's API calls go first
-                memo = self.provider.stop(app, self.registry.recall(app.key))
+            memo = self.provider.stop(app, self.registry.recall(app.key))  # in the class stop_class(reason) says
         except ProviderError as error:
             if entry is not None:
                 self.registry.register(entry)  # still running as far as we know: lose nothing
@@ -122,8 +129,13 @@ class Stopper:
             return False
         if memo:
             self.registry.remember(app.key, memo)
+        self._note_stopped(app)
         self.journal.emit(ev.APP_STOPPED, app.key, reason, duration=time.monotonic() - started)
         if reason == "idle":
             self.metrics.idle_stops.labels(app.key).inc()
         self.hooks.run_in_background("after_stop", hooks.get("after_stop"), app.name, reason, app.region)
         return True
+
+    def _note_stopped(self, app: AppInfo) -> None:
+        if self.directory is not None:
+            self.directory.note(app, STOPPED)

@@ -21,7 +21,8 @@ from ..directory import Directory
 from ..hooks import HookFailed, HookRunner
 from ..logs import about_app
 from ..metrics import Metrics
-from ..providers import AppInfo, AppNotFound, Provider, ProviderError, ProviderTimeout
+from ..providers import RUNNING, AppInfo, AppNotFound, Provider, ProviderError, ProviderTimeout
+from ..providers.priority import CallClass, calls_as
 from ..registry import Registry
 from ..rules import Rules
 from .errors import NotManaged, UnknownApp, WakeError, WakeTimeout, wake_timeout
@@ -37,6 +38,12 @@ FAILURE_MEMORY = 10.0  # seconds a failed start stays on the waiting page before
 CLUSTER_POLL_INTERVAL = 0.1  # seconds between looks at another instance's start or stop
 
 ClusterLock = Callable[[str], AbstractContextManager[bool]]  # yields True when this instance holds it
+OPERATOR_REASONS = ("manual", "schedule")  # starts an operator (or an awake window) asked for: class operator
+
+
+def start_class(reason: str) -> CallClass:
+    """A user's wake (and its linked apps) goes first; an operator's start or an awake window's next."""
+    return CallClass.OPERATOR if reason in OPERATOR_REASONS else CallClass.WAKE
 
 
 class Waker:
@@ -152,7 +159,7 @@ class Waker:
         threading.Thread(target=lead, name=f"paastis-wake-{app.key}", daemon=True).start()
 
     def _lead_start(self, app: AppInfo, reason: str, flight: Flight, deadline: float) -> None:
-        with about_app(app.key):
+        with about_app(app.key), calls_as(start_class(reason)):
             self._lead_start_logged(app, reason, flight, deadline)
 
     def _lead_start_logged(self, app: AppInfo, reason: str, flight: Flight, deadline: float) -> None:
@@ -206,6 +213,7 @@ class Waker:
     def _start(self, app: AppInfo, reason: str, deadline: float) -> None:
         policy = self.rules.policy(app.key)
         if self.readiness.ready(app, self.provider.status(app)):
+            self.directory.note(app, RUNNING)
             self.journal.registered(app, reason, ev.APP_REGISTERED)
             return
         if not policy.managed:
@@ -224,6 +232,7 @@ class Waker:
             self._abandon(app)
             raise
         duration = time.monotonic() - started
+        self.directory.note(app, RUNNING)
         self.journal.registered(app, reason, ev.APP_STARTED, duration)
         self.metrics.wakes.labels(app.key, "success").inc()
         self.metrics.wake_duration.labels(app.key).observe(duration)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .scheduler import CallScheduler
 
 RUNNING = "running"
 STOPPED = "stopped"
@@ -67,6 +70,8 @@ class Provider(Protocol):
     name: str
     poll_interval: float  # seconds between status calls while waking an app (its API budget decides)
     probe_upstream: bool  # after the platform says "running", probe the app's URL until its router lets it through
+    # The account's API budget, spent by priority (paastis.providers.scheduler); None without an API.
+    scheduler: CallScheduler | None
 
     def list_apps(self) -> list[AppInfo]:
         """Every app of the account, in one call or one paged sequence."""

@@ -51,6 +51,7 @@ class CleverCloudProvider:
 
     def __init__(self, client: ApiClient, owner_path: str, upstream_scheme: str):
         self.client = client
+        self.scheduler = client.scheduler  # no documented rate limit: calls are only counted by class
         self.owner_path = owner_path  # /v2/self or /v2/organisations/<id>
         self.upstream_scheme = upstream_scheme
 

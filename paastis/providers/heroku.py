@@ -16,6 +16,7 @@ are checked on the spot, never from a cache.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import re
@@ -62,6 +63,7 @@ class HerokuProvider:
         self._checked: dict[str, float] = {}  # app name -> when its formation was last read by a listing
         self._scaled_up: set[str] = set()  # apps last seen with web above 0: checked first, at every listing
         self._lock = threading.Lock()
+        self.scheduler = client.scheduler  # the account's budget, spent by priority
         client.on_response = self._watch_rate_limit
 
     @classmethod
@@ -141,15 +143,45 @@ class HerokuProvider:
             self._note(app.name, 1)
 
     def stop(self, app: AppInfo, memo: dict | None = None) -> dict | None:
-        """Scale every process type to 0 in one call; return the formation it had."""
-        formation = self._formation(app)
-        memo = {"formation": [_entry(f) for f in formation]}
-        updates = [{"type": f["type"], "quantity": 0} for f in formation if f["quantity"] > 0]
+        """Scale every process type to 0 in one call; return the formation it had.
+
+        With the formation known (remembered at the last stop, or read ahead by the idle check)
+        this is the PATCH alone; otherwise the formation is read first (two calls).
+        """
+        known = formation_from_memo(memo)
+        if known is not None:
+            try:
+                return self._scale_down(app, known)
+            except ProviderAuthError:
+                raise
+            except ProviderError as error:  # e.g. a process type removed since: read what there is now
+                log.info("%s: the remembered formation of %s is out of date (%s): reading it", NAME, app.key, error)
+        return self._scale_down(app, [_entry(f) for f in self._formation(app)])
+
+    def read_ahead(self, app: AppInfo) -> dict | None:
+        """The formation of a running app, read while the budget has room, so that its stop is one call.
+
+        Heroku gives one app's whole formation in one call, but no call for several apps.
+        """
+        formation = [_entry(f) for f in self._formation(app)]
+        return {"formation": formation} if any(e["quantity"] > 0 for e in formation) else None
+
+    def _scale_down(self, app: AppInfo, formation: list[dict[str, Any]]) -> dict | None:
+        updates = [{"type": e["type"], "quantity": 0} for e in formation if e["quantity"] > 0]
         if not updates:
             return None  # already at 0: keep whatever formation was remembered before
-        self._patch(app, updates, "scale_down")
+        answer = self._patch(app, updates, "scale_down")
         self._note(app.name, 0)
-        return memo
+        memo = {e["type"]: e for e in formation}
+        still_up = [_entry(f) for f in answer if f["quantity"] > 0 and f["type"] not in memo]
+        if still_up:  # scaled up behind our back: remembered now, scaled down by the next stop
+            log.warning(
+                "%s: %s also runs %s, unknown when it was stopped",
+                NAME,
+                app.key,
+                ", ".join(e["type"] for e in still_up),
+            )
+        return {"formation": list(memo.values()) + still_up}
 
     def failure(self, app: AppInfo) -> str | None:
         return None  # the status says all the API tells
@@ -178,6 +210,7 @@ class HerokuProvider:
         except (KeyError, ValueError):
             return
         self.remaining = remaining
+        self.scheduler.reported_remaining = remaining
         if remaining <= self.reserve and self.client.limiter is not None:
             self.client.limiter.slow_down(0)
 
@@ -210,8 +243,9 @@ class HerokuProvider:
                 self._checked[app.name] = now
         if not chosen:
             return {}
+        context = contextvars.copy_context()  # the listing's call class (and deadline) go with each check
         with ThreadPoolExecutor(min(STATUS_WORKERS, len(chosen))) as pool:
-            results = list(pool.map(self._listing_status, chosen))
+            results = list(pool.map(lambda app: context.copy().run(self._listing_status, app), chosen))
         return {app.name: status for app, status in zip(chosen, results, strict=True)}
 
     def _listing_status(self, app: AppInfo) -> str:
@@ -266,11 +300,11 @@ class HerokuProvider:
             raise ProviderError(NAME, app.name, "get_dynos: unexpected answer")
         return dynos
 
-    def _patch(self, app: AppInfo, updates: list[dict[str, Any]], operation: str) -> None:
+    def _patch(self, app: AppInfo, updates: list[dict[str, Any]], operation: str) -> list[dict[str, Any]]:
         """One batch PATCH: synchronous on Heroku, and never retried blindly (ApiClient's rule for writes)."""
         body = {"updates": updates}
         response = self.client.call("PATCH", self._path(app, "/formation"), operation, app.name, json=body)
-        _formation_list(_json(response, operation, app.name), operation, app.name)
+        return _formation_list(_json(response, operation, app.name), operation, app.name)
 
 
 def formation_from_memo(memo: Any) -> list[dict[str, Any]] | None:

@@ -15,6 +15,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -24,7 +25,7 @@ import requests
 from .. import deadlines
 from ..metrics import Metrics
 from .base import AppNotFound, ProviderAuthError, ProviderError, ProviderTimeout
-from .priority import in_background
+from .scheduler import CallScheduler
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +34,12 @@ READ_RETRIES = 3
 MAX_RATE_LIMIT_WAIT = 60.0
 
 
-URGENT_YIELD = 0.1  # seconds a background call waits before looking again while an urgent call waits
-BACKGROUND_PATIENCE = 5.0  # seconds a background call gives way before it competes like any other
-
-
 class RateLimiter:
-    """A token bucket shared by every call of one provider client in this process.
+    """A token bucket: the local budget of one provider client in this process.
 
-    Background calls (see :func:`background_calls`) leave ``reserve`` tokens in the bucket
-    and give way while any urgent call waits, so a wake finds budget at once even while a
-    crowd of idle stops spends the rest.
+    Calls of the ``stop`` and ``background`` classes leave ``reserve`` tokens in the bucket,
+    so that a wake finds budget at once even while a crowd of idle stops spends the rest;
+    the order among waiting calls is the :class:`~paastis.providers.scheduler.CallScheduler`'s.
     """
 
     def __init__(self, per_minute: float, burst: float | None = None):
@@ -52,36 +49,33 @@ class RateLimiter:
         self.tokens = self.capacity
         self.updated = time.monotonic()
         self.lock = threading.Lock()
-        self._urgent_waiting = 0
+
+    def try_take(self, background: bool = False, patient: bool = True) -> float:
+        """Take a token now (0.0), or say how many seconds until one may be there for this call."""
+        floor = 1 + (self.reserve if background else 0)
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            if self.tokens >= floor:
+                self.tokens -= 1
+                return 0.0
+            return max(0.001, (floor - self.tokens) / self.rate)
 
     def acquire(self, background: bool = False) -> None:
         """Block until a call fits in the budget; :class:`~paastis.deadlines.DeadlinePassed` if it would not in time."""
-        patient_until = time.monotonic() + BACKGROUND_PATIENCE
-        waiting = False
-        try:
-            while True:
-                if background and time.monotonic() > patient_until:
-                    background = False  # waited long enough: never starved by a busy budget
-                floor = 1 + (self.reserve if background else 0)
-                with self.lock:
-                    now = time.monotonic()
-                    self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-                    self.updated = now
-                    if background and self._urgent_waiting:
-                        wait = URGENT_YIELD
-                    elif self.tokens >= floor:
-                        self.tokens -= 1
-                        return
-                    else:
-                        wait = (floor - self.tokens) / self.rate
-                    if not background and not waiting:
-                        waiting = True
-                        self._urgent_waiting += 1
-                deadlines.sleep(wait)
-        finally:
-            if waiting:
-                with self.lock:
-                    self._urgent_waiting -= 1
+        while (wait := self.try_take(background)) > 0:
+            deadlines.sleep(wait)
+
+    def remaining(self) -> float:
+        """Calls that could go now (what ``paastis_provider_budget_remaining`` shows)."""
+        with self.lock:
+            now = time.monotonic()
+            return max(0.0, min(self.capacity, self.tokens + (now - self.updated) * self.rate))
+
+    def room(self) -> float:
+        """Calls the lower classes (stops, background) could make now without touching the reserve."""
+        return max(0.0, self.remaining() - self.reserve)
 
     def slow_down(self, seconds: float) -> None:
         """The platform said "too many": spend the bucket so that nothing is sent for ``seconds``."""
@@ -91,6 +85,54 @@ class RateLimiter:
 
     def close(self) -> None:
         pass
+
+
+WAKE_CALLS = 6  # what a Scalingo wake costs: status, formation, scale, operation, status, and one to spare
+
+
+class WindowLimiter(RateLimiter):
+    """At most ``limit`` calls in any ``window`` seconds: the rule Scalingo documents ("60 requests per minute").
+
+    A log of the last window's calls, as the Redis :class:`~paastis.providers.shared_limiter.SharedRateLimiter`
+    keeps, for one process. Unlike a bucket it lets the whole budget through over a minute, while never more
+    than ``limit`` in any window; ``margin`` seconds are added to the window, for the time a call takes to
+    reach the platform. Calls of the lower classes leave ``reserve`` slots free (a wake's worth).
+    """
+
+    def __init__(self, limit: int, window: float = 60.0, margin: float = 1.0, reserve: int | None = None):
+        super().__init__(limit * 60 / window, limit)
+        self.limit = limit
+        self.window = window + margin
+        wake = max(WAKE_CALLS, limit // 10)  # a wake's calls, or a tenth of a big budget
+        self.reserve = min(limit // 2, reserve if reserve is not None else wake)
+        self._log: deque[float] = deque()
+        self._blocked_until = 0.0
+
+    def try_take(self, background: bool = False, patient: bool = True) -> float:
+        allowed = self.limit - (self.reserve if background else 0)
+        with self.lock:
+            now = time.monotonic()
+            if now < self._blocked_until:
+                return self._blocked_until - now
+            while self._log and self._log[0] <= now - self.window:
+                self._log.popleft()
+            if len(self._log) < allowed:
+                self._log.append(now)
+                return 0.0
+            oldest = self._log[len(self._log) - allowed]  # the slot that frees up first for this call
+            return max(0.001, oldest + self.window - now)
+
+    def remaining(self) -> float:
+        with self.lock:
+            now = time.monotonic()
+            if now < self._blocked_until:
+                return 0.0
+            recent = sum(1 for at in self._log if at > now - self.window)
+            return float(max(0, self.limit - recent))
+
+    def slow_down(self, seconds: float) -> None:
+        with self.lock:
+            self._blocked_until = max(self._blocked_until, time.monotonic() + seconds)
 
 
 class ApiClient:
@@ -104,12 +146,15 @@ class ApiClient:
         credentials_hint: str,
         limiter: RateLimiter | None = None,
         session: requests.Session | None = None,
+        scheduler: CallScheduler | None = None,
     ):
         self.provider = provider
         self.base_url = base_url.rstrip("/")
         self.metrics = metrics
         self.credentials_hint = credentials_hint
         self.limiter = limiter
+        # The account's one scheduler (shared by a provider's clients, e.g. Scalingo's regions).
+        self.scheduler = scheduler or CallScheduler(provider, limiter, metrics)
         self.session = session or requests.Session()  # trusts REQUESTS_CA_BUNDLE and proxies as usual
         self.session.headers["User-Agent"] = "paastis"
         self._auth_logged = False
@@ -141,8 +186,7 @@ class ApiClient:
         renewed = False
         while True:
             attempt += 1
-            if self.limiter is not None:
-                self.limiter.acquire(in_background())
+            self.scheduler.acquire()  # by the class of the calling context (paastis.providers.priority)
             try:
                 response = self.session.request(method, self.url(path), timeout=deadlines.timeout(timeout), **kwargs)
             except requests.RequestException as error:

@@ -114,6 +114,7 @@ class LocalProvider:
     name = "local"
     poll_interval = 0.05  # a status check is one local TCP connect: cheap
     probe_upstream = False  # status() already probes the app itself
+    scheduler = None  # no API, no budget to share out
 
     def __init__(
         self, apps: list[LocalApp], state_dir: Path, operation_timeout: float, redact: Redactor | None = None

@@ -36,8 +36,9 @@ from .base import (
     ProviderError,
     ProviderTimeout,
 )
-from .http import ApiClient, RateLimiter
+from .http import ApiClient, RateLimiter, WindowLimiter
 from .priority import in_background
+from .scheduler import CallScheduler
 
 if TYPE_CHECKING:
     from ..redis_link import RedisLink
@@ -164,8 +165,9 @@ def rate_limiter(settings: Settings, budget: int, api_token: str, link: RedisLin
     """At most ``budget`` calls in any 60 s window, for the account.
 
     With the Redis registry (several workers, maybe several machines) the count is shared in
-    Redis, per account (a hash of the token names it). Otherwise, and as the fallback while
-    Redis is down, a local bucket whose burst plus refill over 60 s equals the budget.
+    Redis, per account (a hash of the token names it), with a local bucket whose burst plus
+    refill over 60 s equals the budget as the fallback while Redis is down. Otherwise (one
+    process) a log of the last minute's calls, like the shared one: the whole budget, never more.
     """
     burst = budget / 6
     local = (budget - burst, burst)
@@ -177,7 +179,7 @@ def rate_limiter(settings: Settings, budget: int, api_token: str, link: RedisLin
         if link is not None:  # the instance's one Redis link: one outage state for all
             return SharedRateLimiter(link, key, budget, local=local)
         return SharedRateLimiter.from_url(settings.redis_url, key, budget, settings.redis_socket_timeout, local=local)
-    return RateLimiter(*local)
+    return WindowLimiter(budget)
 
 
 def warn_if_idle_checks_spend_the_budget(interval: float, regions: int, budget: float) -> None:
@@ -210,6 +212,7 @@ class ScalingoProvider:
         self.bearer = bearer
         self.operation_timeout = operation_timeout
         self.limiter = limiter  # the clients' shared budget, kept to be closed
+        self.scheduler = next(iter(clients.values())).scheduler  # one per account, shared by the regions
         for client in clients.values():
             client.on_unauthorized = bearer.renew_after_401
 
@@ -230,8 +233,9 @@ class ScalingoProvider:
         session = requests.Session()  # one pool for the auth service and every region
         session.headers["Accept"] = "application/json"
         auth = ApiClient(NAME, auth_url, metrics, TOKEN_HINT, session=session)
+        scheduler = CallScheduler(NAME, limiter, metrics)  # the account's budget, spent by priority
         clients = {
-            region: ApiClient(NAME, url, metrics, TOKEN_HINT, limiter=limiter, session=session)
+            region: ApiClient(NAME, url, metrics, TOKEN_HINT, limiter=limiter, session=session, scheduler=scheduler)
             for region, url in urls.items()
         }
         return cls(clients, ScalingoBearer(auth, api_token), settings.provider_operation_timeout(NAME), limiter)
@@ -315,6 +319,15 @@ class ScalingoProvider:
             except ProviderError as error:  # e.g. a process type removed since: read what there is now
                 log.info("%s: the remembered formation of %s is out of date (%s): reading it", NAME, app.key, error)
         return self._scale_down(app, [_entry(c) for c in self._formation(app)])
+
+    def read_ahead(self, app: AppInfo) -> dict | None:
+        """The formation of a running app, read while the budget has room, so that its stop is one call.
+
+        Scalingo has no call giving the formations of several apps: one ``GET /containers`` per app
+        (which gives every process type at once). None when nothing runs (no memo worth keeping).
+        """
+        formation = [_entry(c) for c in self._formation(app)]
+        return {"containers": formation} if any(c["amount"] > 0 for c in formation) else None
 
     def _scale_down(self, app: AppInfo, formation: list[dict[str, Any]]) -> dict | None:
         to_zero = [{"name": c["name"], "amount": 0} for c in formation if c["amount"] > 0]

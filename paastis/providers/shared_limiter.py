@@ -20,7 +20,8 @@ import redis
 
 from .. import deadlines
 from ..redis_link import RedisLink
-from .http import BACKGROUND_PATIENCE, RateLimiter
+from .http import RateLimiter
+from .scheduler import BACKGROUND_PATIENCE
 
 log = logging.getLogger(__name__)
 
@@ -107,15 +108,34 @@ class SharedRateLimiter(RateLimiter):
 
     def acquire(self, background: bool = False) -> None:
         patient_until = time.monotonic() + BACKGROUND_PATIENCE
-        while True:
-            background = background and time.monotonic() <= patient_until  # never starved by a busy budget
-            wait = self.delay(background)
-            if wait is None:
-                super().acquire(background)
-                return
-            if wait <= 0:
-                return
+        while (wait := self.try_take(background, time.monotonic() <= patient_until)) > 0:
             deadlines.sleep(wait)  # stops at the current operation's deadline
+
+    def try_take(self, background: bool = False, patient: bool = True) -> float:
+        """A slot in the shared window now (0.0), or the seconds to wait; the local bucket while Redis is out.
+
+        A low-class call that waited ``BACKGROUND_PATIENCE`` stops yielding to other processes'
+        urgent calls: it is never starved by a busy fleet (within this process, the scheduler orders calls).
+        """
+        wait = self.delay(background and patient)
+        if wait is None:
+            return super().try_take(background)
+        return wait
+
+    def remaining(self) -> float:
+        """Slots left in the shared window (the local bucket's while Redis is out of reach)."""
+        if self.link.down:
+            return super().remaining()
+        try:
+            now_ms = int(time.time() * 1000)
+            used = self.link.client.zcount(self.key, now_ms - self.window_ms, "+inf")
+        except redis.RedisError as error:
+            self.link.failed(error)
+            return super().remaining()
+        return float(max(0, self.limit - int(used)))
+
+    def room(self) -> float:
+        return max(0.0, self.remaining() - self.shared_reserve)
 
     def delay(self, background: bool = False) -> float | None:
         """Take a slot now (0.0), or say how long to wait for one; None while Redis is out of reach."""
