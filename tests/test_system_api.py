@@ -330,7 +330,7 @@ def test_provider_api_calls_and_errors_are_counted_and_health_tells_them(tmp_pat
         by_class = [line for line in text.splitlines() if line.startswith("paastis_provider_calls_total{")]
         # The refused listing, the token exchange for a new bearer, the listing again (refused too):
         assert 'paastis_provider_calls_total{class="background",provider="scalingo"} 3.0' in by_class, by_class
-        assert 'paastis_provider_budget_remaining{provider="scalingo"} 57.0' in text.splitlines()  # 60 a minute, 3 spent
+        assert 'paastis_provider_budget_remaining{provider="scalingo"} 57.0' in text.splitlines()  # 3 of 60 spent
         calls = [line for line in text.splitlines() if line.startswith("paastis_provider_api_calls_total{")]
         assert any('provider="scalingo"' in line and 'outcome="success"' in line for line in calls), calls
         assert any('outcome="auth_error"' in line and not line.endswith(" 0.0") for line in calls), calls
