@@ -245,6 +245,7 @@ class Settings:
     domains: tuple[str, ...] = ()  # PAASTIS_DOMAINS; empty: any domain routes by its first label
     events_store_type: str = "in-memory"
     events_max: int = 10_000
+    events_spool_max: int = 100_000
     websocket_idle_timeout: float | None = None  # minutes; None: each app's max idle time
     max_websockets: int = 10_000
     system_api_enabled: bool = False
@@ -339,6 +340,7 @@ class Settings:
             domains=read_domains(env),
             events_store_type=events_store_type,
             events_max=env.integer("EVENTS_MAX", 10_000),
+            events_spool_max=env.integer("EVENTS_SPOOL_MAX", 100_000),
             websocket_idle_timeout=env.number("WEBSOCKET_IDLE_TIMEOUT", 0.0) or None,
             max_websockets=env.integer("MAX_WEBSOCKETS", 10_000),
             system_api_enabled=api_enabled,

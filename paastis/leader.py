@@ -22,9 +22,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import redis
-
-from .redis_link import RedisLink
+from .redis_link import Degraded, RedisLink
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +62,10 @@ class RedisLeadership:
     def hold(self) -> bool:
         """Take the lock if it is free, or confirm that it is still ours."""
         try:
-            ours = self._renew() if self.held else self._acquire()
-        except redis.RedisError as error:
-            self.link.failed(error)
+            ours = self.link.must(self._renew if self.held else self._acquire)
+        except Degraded:
             self._lose("Redis is unreachable")
             return False
-        self.link.succeeded()
         if ours and not self.held:
             log.info("leader: %s now holds %s", self.token, self.key)
             self._held.set()
@@ -78,16 +74,30 @@ class RedisLeadership:
             self._lose("another worker holds it")
         return ours
 
+    def confirm(self) -> bool:
+        """Still the leader, asked of Redis now: a stop checks it just before calling the provider.
+
+        False when Redis cannot say (degraded): nothing is stopped on a leadership that may have lapsed.
+        """
+        if not self.held:
+            return False
+        try:
+            ours = self.link.must(self._renew)
+        except Degraded:
+            return False
+        if not ours:
+            self._lose("it expired or was taken")
+        return ours
+
     def release(self) -> None:
         self._stopping.set()
         if not self.held:
             return
         self._held.clear()
-        try:
-            self._release_script(keys=[self.key], args=[self.token])
+        if self.link.attempt(lambda: self._release_script(keys=[self.key], args=[self.token])):
             log.info("leader: %s released %s", self.token, self.key)
-        except redis.RedisError as error:
-            log.warning("leader: could not release %s (it expires by itself): %s", self.key, error)
+        else:
+            log.warning("leader: could not release %s (it expires by itself)", self.key)
 
     def _acquire(self) -> bool:
         if self.link.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
@@ -113,11 +123,11 @@ class RedisLeadership:
             if not self.held:
                 return
             try:
-                if not self._renew():
+                if not self.link.must(self._renew):
                     self._lose("it expired or was taken")
                     return
-            except redis.RedisError as error:
-                self.link.failed(error)  # try again; the lock lapses if Redis stays away
+            except Degraded:
+                pass  # try again; the lock lapses if Redis stays away
 
 
 class ClusterLocks:
@@ -146,9 +156,10 @@ class ClusterLocks:
         name = self.link.key("lock", key)
         token = uuid.uuid4().hex
         try:
-            acquired = bool(self.link.client.set(name, token, nx=True, px=self.ttl_ms))
-        except redis.RedisError as error:
-            self.link.failed(error)
+            acquired = bool(self.link.must(lambda: self.link.client.set(name, token, nx=True, px=self.ttl_ms)))
+        except Degraded:
+            acquired = None
+        if acquired is None:  # degraded: single-instance logic (a stop still refuses: see Stopper)
             yield True
             return
         if not acquired:
@@ -159,10 +170,7 @@ class ClusterLocks:
             yield True
         finally:
             self._let_go(name)
-            try:
-                self._release_script(keys=[name], args=[token])
-            except redis.RedisError as error:
-                self.link.failed(error)  # it expires by itself
+            self.link.attempt(lambda: self._release_script(keys=[name], args=[token]))  # or it expires by itself
 
     def _hold(self, name: str, token: str) -> None:
         with self._lock:
@@ -189,10 +197,9 @@ class ClusterLocks:
 
     def _renew(self, name: str, token: str) -> None:
         try:
-            renewed = self._renew_script(keys=[name], args=[token, self.ttl_ms])
-        except redis.RedisError as error:
-            self.link.failed(error)  # tried again at the next round; the lock lapses if Redis stays away
-            return
+            renewed = self.link.must(lambda: self._renew_script(keys=[name], args=[token, self.ttl_ms]))
+        except Degraded:
+            return  # tried again at the next round; the lock lapses if Redis stays away
         if not renewed and name in self._held:
             log.warning(
                 "lock %s expired while its work was running (Redis lost it, or it was not renewed in time)", name

@@ -122,3 +122,36 @@ def _formatter(fmt: str) -> logging.Formatter:
     if fmt == "json":
         return JsonFormatter()
     return logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+
+
+class JobErrors:
+    """Errors of a background job: the first is logged with its traceback, later ones at most once a ``every``.
+
+    A job that fails at every tick (the provider's API down for an hour) must neither flood the
+    log nor hide why it fails: the traceback is shown once, then one line a minute says it goes
+    on, with how many failures were not logged. A success resets it: the next failure is news.
+    """
+
+    def __init__(self, logger: logging.Logger, every: float = 60.0, clock: Any = None):
+        import time
+
+        self.logger = logger
+        self.every = every
+        self.clock = clock or time.monotonic
+        self._last: dict[str, tuple[float, int]] = {}  # job -> (when last logged, failures not logged since)
+
+    def failed(self, job: str, error: BaseException) -> None:
+        now = self.clock()
+        last = self._last.get(job)
+        if last is None:
+            self._last[job] = (now, 0)
+            self.logger.error("%s failed: %s", job, error, exc_info=error)
+        elif now - last[0] >= self.every:
+            self._last[job] = (now, 0)
+            self.logger.error("%s failed again: %s (%d failure(s) not logged since)", job, error, last[1])
+        else:
+            self._last[job] = (last[0], last[1] + 1)
+
+    def succeeded(self, job: str) -> None:
+        if self._last.pop(job, None) is not None:
+            self.logger.info("%s works again", job)

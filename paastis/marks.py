@@ -67,12 +67,9 @@ class RedisMarks:
         return self._call(lambda: self.link.client.hgetall(self.link.key("marks", book)))
 
     def _call(self, operation):  # type: ignore[no-untyped-def]
-        import redis  # loaded already: a RedisMarks only exists beside a RedisLink
+        from .registry import Degraded
 
-        if self.link.down:
-            raise MarksUnavailable("redis is down")
         try:
-            return operation()
-        except redis.RedisError as error:
-            self.link.failed(error)
-            raise MarksUnavailable(f"redis: {type(error).__name__}") from None
+            return self.link.must(operation)
+        except Degraded as error:
+            raise MarksUnavailable(str(error)) from None

@@ -75,6 +75,13 @@ class Metrics:
             registry=r,
         )
 
+        self.events_spooled = Gauge(
+            "paastis_events_spooled", "Events waiting in the spool for the event store to answer", registry=r
+        )
+        self.events_dropped = Counter(
+            "paastis_events_dropped", "Events dropped because the spool was full (EVENTS_SPOOL_MAX)", registry=r
+        )
+
     def provider_call(self, provider: str, operation: str, outcome: str) -> None:
         self.provider_calls.labels(provider, operation, outcome).inc()
 

@@ -39,6 +39,9 @@ SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS paastis_events_at ON paastis_events (at)",
     "CREATE INDEX IF NOT EXISTS paastis_events_app_at ON paastis_events (app, at)",
+    # the id of an event replayed from the spool (paastis.spool): stored once however often it is replayed
+    "ALTER TABLE paastis_events ADD COLUMN IF NOT EXISTS uid text",
+    "CREATE UNIQUE INDEX IF NOT EXISTS paastis_events_uid ON paastis_events (uid)",
 )
 COLUMNS = "type, app, reason, at, duration, instance, message"
 
@@ -67,6 +70,24 @@ class PostgresEventStore:
         row = (event.type, event.app, event.reason, event.timestamp, event.duration, event.instance, event.message)
         insert = f"INSERT INTO paastis_events ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)"
         self._run(lambda conn: conn.execute(insert, row))
+
+    def replay(self, items: list[tuple[str, Event]]) -> None:
+        """Spooled events, in order, in one transaction; one already stored (same uid) is skipped."""
+        if self._failed_at is not None and time.monotonic() - self._failed_at < self.RETRY_AFTER:
+            raise EventStoreUnavailable("postgresql was unreachable moments ago")
+        rows = [
+            (e.type, e.app, e.reason, e.timestamp, e.duration, e.instance, e.message, uid or None) for uid, e in items
+        ]
+        insert = (
+            f"INSERT INTO paastis_events ({COLUMNS}, uid) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (uid) DO NOTHING"
+        )
+
+        def write(conn: psycopg.Connection) -> None:
+            with conn.transaction(), conn.cursor() as cursor:
+                cursor.executemany(insert, rows)
+
+        self._run(write)
 
     def query(self, app=None, type=None, since=None, limit=100) -> list[Event]:
         """Newest first."""

@@ -7,15 +7,26 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from typing import TypeVar
 
-import redis
-
-from .events import Event, EventStoreUnavailable, history_of, matches, type_name
-from .redis_link import RedisLink
+from .events import Event, EventStoreUnavailable, history_of, matches
+from .redis_link import Degraded, RedisLink
 
 log = logging.getLogger("paastis.events")
+
+T = TypeVar("T")
+
+
+# Append a spooled event unless it was appended before. KEYS: stream, the event's marker. ARGV: event JSON, maximum.
+REPLAY_SCRIPT = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', 604800) then
+  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', 'event', ARGV[1])
+  return 1
+end
+return 0
+"""
 
 
 class RedisEventStore:
@@ -35,34 +46,43 @@ class RedisEventStore:
         self.key = key
         self.maximum = maximum
         self.owns_link = owns_link
+        self._replay = self.client.register_script(REPLAY_SCRIPT)
 
     def add(self, event: Event) -> None:
-        if self.link.down:
-            raise EventStoreUnavailable("redis is unreachable: event not recorded")
-        try:
-            self.client.xadd(self.key, {"event": json.dumps(event.to_json())}, maxlen=self.maximum, approximate=False)
-        except redis.RedisError as error:
-            raise self._unavailable(error) from None
+        self._must(
+            lambda: self.client.xadd(
+                self.key, {"event": json.dumps(event.to_json())}, maxlen=self.maximum, approximate=False
+            )
+        )
+
+    def replay(self, items: list[tuple[str, Event]]) -> None:
+        """Spooled events, in order; one appended before (its marker, kept a week, says so) is skipped."""
+
+        def write() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for uid, event in items:
+                keys = [self.key, f"{self.key}:replayed:{uid}"]
+                self._replay(keys=keys, args=[json.dumps(event.to_json()), self.maximum], client=pipe)
+            pipe.execute()
+
+        self._must(write)
 
     def query(self, app=None, type=None, since=None, limit=100) -> list[Event]:
         """Newest first, reading the stream backwards page by page until ``limit`` or ``since``."""
-        found: list[Event] = []
-        try:
+        def read() -> list[Event]:
+            found: list[Event] = []
             for event in self._backwards(since):
                 if matches(event, app, type, since):
                     found.append(event)
                     if len(found) >= limit:
                         break
-        except redis.RedisError as error:
-            raise self._unavailable(error) from None
-        return found
+            return found
+
+        return self._must(read)
 
     def history(self, since, until, types, app=None) -> list[Event]:
         """The whole stream is read (it holds at most ``EVENTS_MAX`` entries): states begin before ``since``."""
-        try:
-            return history_of(self._backwards(None), since, until, types, app)
-        except redis.RedisError as error:
-            raise self._unavailable(error) from None
+        return self._must(lambda: history_of(self._backwards(None), since, until, types, app))
 
     def _backwards(self, since: datetime | None) -> Iterator[Event]:
         low = "-" if since is None else str(int((since - self.CLOCK_SKEW).timestamp() * 1000))
@@ -84,9 +104,12 @@ class RedisEventStore:
         if self.owns_link:
             self.link.close()
 
-    def _unavailable(self, error: redis.RedisError) -> EventStoreUnavailable:
-        self.link.failed(error)  # logged once per outage, by the link
-        return EventStoreUnavailable(f"redis: {type_name(error)}: {error}")
+    def _must(self, operation: Callable[[], T]) -> T:
+        """Through the link (which logs an outage once): Degraded becomes the store's own error."""
+        try:
+            return self.link.must(operation)
+        except Degraded as error:
+            raise EventStoreUnavailable(f"{error}: event not recorded") from None
 
 
 def _as_str(value: str | bytes) -> str:

@@ -1,10 +1,16 @@
-"""One instance's connection to Redis, and what it knows about Redis being down.
+"""The boundary of cluster state: one instance's connection to Redis, and what it knows about Redis being down.
 
-Everything that talks to Redis shares it: the registry, the leader lock, the per-app
-locks, the event stream and the provider's shared rate limiter. So an outage is noticed
-once and logged once (not once per request or per component), and recovery is logged once;
-no request waits on a Redis that is known to be down: while it is down, callers skip Redis
-and use their local view, and a background thread probes it until it answers again.
+Everything that talks to Redis goes through it: the registry, the leader lock, the per-app
+locks, the leader's marks, the event stream and the provider's shared rate limiter. So an
+outage is noticed once and logged once (not once per request or per component), and
+recovery is logged once; no request waits on a Redis that is known to be down: while it is
+down, callers skip Redis, and a background thread probes it until it answers again.
+
+Callers never guess whether what they got is the cluster's truth. :meth:`RedisLink.must`
+answers fresh or raises :class:`~paastis.registry.Degraded`; :meth:`RedisLink.ask` answers an
+:class:`Answer` that says whether it is fresh or the caller's local fallback (degraded);
+:meth:`RedisLink.attempt` says whether a write reached Redis (write-behind keeps the rest).
+Anything that stops an app uses :meth:`must`: it never acts on degraded data.
 """
 
 from __future__ import annotations
@@ -16,12 +22,20 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .registry import Degraded
+
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+__all__ = ["Answer", "Degraded", "RedisLink", "redis_client"]
 
 RETRY_AFTER = 1.0  # seconds between probes while Redis is down
 
@@ -42,8 +56,20 @@ def redis_client(url: str, socket_timeout: float) -> redis.Redis:
     )
 
 
+@dataclass(frozen=True)
+class Answer(Generic[T]):
+    """What the cluster state said: ``fresh`` from Redis, or the local fallback while it is degraded."""
+
+    value: T
+    fresh: bool
+
+    @property
+    def degraded(self) -> bool:
+        return not self.fresh
+
+
 class RedisLink:
-    """A Redis client under a key prefix, with outage bookkeeping."""
+    """A Redis client under a key prefix, with outage bookkeeping: the only place that catches Redis errors."""
 
     def __init__(self, url: str, prefix: str, socket_timeout: float, retry_after: float = RETRY_AFTER):
         self.client = redis_client(url, socket_timeout)
@@ -62,6 +88,31 @@ class RedisLink:
     @property
     def down(self) -> bool:
         return self._down_since is not None
+
+    def must(self, operation: Callable[[], T]) -> T:
+        """Run ``operation`` against Redis: its fresh answer, or :class:`Degraded` (Redis is down or failed now)."""
+        if self.down:
+            raise Degraded("redis is unreachable")
+        try:
+            return operation()
+        except redis.RedisError as error:
+            self.failed(error)
+            raise Degraded(f"redis: {_describe(error)}") from None
+
+    def ask(self, operation: Callable[[], T], fallback: Callable[[], T]) -> Answer[T]:
+        """The fresh answer of ``operation``, or ``fallback()`` marked degraded: callers know which they got."""
+        try:
+            return Answer(self.must(operation), True)
+        except Degraded:
+            return Answer(fallback(), False)
+
+    def attempt(self, operation: Callable[[], object]) -> bool:
+        """Run a write; False if it did not reach Redis (the caller keeps it for later, or it expires there)."""
+        try:
+            self.must(operation)
+        except Degraded:
+            return False
+        return True
 
     def on_reconnect(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` when Redis answers again after an outage (to re-sync state)."""
@@ -92,12 +143,14 @@ class RedisLink:
         for callback in self._on_reconnect:
             try:
                 callback()
+            except Degraded:
+                return  # it failed again (already noted): the next probe re-syncs
             except redis.RedisError as error:
                 self.failed(error)
                 return
 
     def probe(self) -> bool:
-        """Ping Redis (from a background thread); True if it answers."""
+        """Ping Redis (from a background thread, even while it is known down); True if it answers."""
         try:
             self.client.ping()
         except redis.RedisError as error:
@@ -105,6 +158,11 @@ class RedisLink:
             return False
         self.succeeded()
         return True
+
+    def now(self) -> float:
+        """Redis's own clock (``TIME``), in seconds: one clock for the whole cluster; :class:`Degraded` if down."""
+        seconds, micros = self.must(self.client.time)
+        return seconds + micros / 1_000_000
 
     def close(self) -> None:
         self._closed.set()

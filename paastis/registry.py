@@ -16,6 +16,18 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 
+class Degraded(Exception):
+    """The cluster state cannot be read fresh now (Redis is down): nothing may act on it as if it were."""
+
+
+@dataclass(frozen=True)
+class Look:
+    """One app as the cluster sees it at one instant: its entry (None: not registered) and requests in flight."""
+
+    entry: RunningApp | None
+    in_flight: int
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -60,6 +72,12 @@ class Registry(Protocol):
 
     def in_flight(self, key: str) -> int: ...
     def in_flight_many(self, keys: list[str]) -> dict[str, int]: ...
+    def last_look(self, keys: list[str]) -> dict[str, Look]:
+        """Entries and requests in flight of ``keys``, read fresh and at one instant (what a stop checks last).
+
+        Raises :class:`Degraded` when that cannot be had: a stop must not act on a local view.
+        """
+
     def remember(self, key: str, memo: dict[str, Any]) -> None: ...
     def recall(self, key: str) -> dict[str, Any] | None: ...
     def clear(self) -> None: ...
@@ -114,6 +132,11 @@ class InMemoryRegistry:
 
     def in_flight_many(self, keys: list[str]) -> dict[str, int]:
         return {key: self._in_flight.get(key, 0) for key in keys}
+
+    def last_look(self, keys: list[str]) -> dict[str, Look]:
+        """One process: its memory is the truth, never degraded."""
+        with self._lock:
+            return {key: Look(self._apps.get(key), self._in_flight.get(key, 0)) for key in keys}
 
     def remember(self, key: str, memo: dict[str, Any]) -> None:
         with self._lock:

@@ -16,6 +16,7 @@ from typing import Protocol
 import schedule
 
 from .lifecycle import Lifecycle
+from .logs import JobErrors
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,9 @@ class Leadership(Protocol):
     def hold(self) -> bool:
         """Acquire or renew leadership; True while this worker leads."""
 
+    def confirm(self) -> bool:
+        """Still leading, asked afresh (a stop's last check before the provider is called)."""
+
     def release(self) -> None: ...
 
 
@@ -32,6 +36,9 @@ class SoleLeader:
     """One process, one registry: it always leads."""
 
     def hold(self) -> bool:
+        return True
+
+    def confirm(self) -> bool:
         return True
 
     def release(self) -> None:
@@ -84,6 +91,7 @@ class Supervisor:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._leading = False
+        self.errors = JobErrors(log)  # a job failing at every tick: its traceback once, then a line a minute
 
     def start(self) -> None:
         if self._thread is not None:
@@ -103,35 +111,28 @@ class Supervisor:
 
     def tick(self) -> None:
         """One idle check, if we lead; never lets an error kill the thread."""
-        try:
-            leading = self.leadership.hold()
-        except Exception as error:  # noqa: BLE001
-            log.warning("supervisor: cannot tell who leads: %s", error)
-            leading = False
+        leading = bool(self._run_job("leadership", self.leadership.hold))
         self._set_leading(leading)
         if not leading:
-            self._prune()
+            self._run_job("pruning", self.lifecycle.prune)  # a follower forgets its own state of apps that are gone
             return
         for name, job in self.jobs:
-            try:
-                job()
-            except Exception as error:  # noqa: BLE001 - logged; the next tick tries again
-                log.error("supervisor: %s failed: %s", name, error)
+            self._run_job(name, job)
+        self._run_job("idle check", self.lifecycle.check_idle)
+
+    def _run_job(self, name: str, job: Callable[[], object]) -> object:
+        """Run one job; an error is logged (traceback once, then rate-limited) and the next tick tries again."""
         try:
-            self.lifecycle.check_idle()
+            result = job()
         except Exception as error:  # noqa: BLE001 - logged; the next tick tries again
-            log.error("supervisor: idle check failed: %s", error)
+            self.errors.failed(f"supervisor: {name}", error)
+            return None
+        self.errors.succeeded(f"supervisor: {name}")
+        return result
 
     def _tick_on_cron(self) -> None:
         if self.cron.due(datetime.now(UTC)):
             self.tick()
-
-    def _prune(self) -> None:
-        """A follower still forgets its own per-app state of apps that are gone (from the list it last saw)."""
-        try:
-            self.lifecycle.prune()
-        except Exception as error:  # noqa: BLE001 - logged; the next tick tries again
-            log.error("supervisor: pruning failed: %s", error)
 
     def _set_leading(self, leading: bool) -> None:
         if leading != self._leading:

@@ -107,7 +107,7 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
     redis_link = build_redis_link(settings)
     provider = build_provider(settings, config, metrics, redis_link)
     registry = build_registry(settings, redis_link)
-    events = build_event_store(settings, redis_link)
+    events = build_event_store(settings, redis_link, metrics)
     directory = Directory(provider, rules, settings.directory_ttl)
     hooks = HookRunner(
         provider=provider.name,
@@ -127,6 +127,7 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
     ca_bundle = settings.env.get("REQUESTS_CA_BUNDLE") or settings.env.get("CURL_CA_BUNDLE")
     relay = Relay(registry, metrics, websocket_idle_timeout(settings, rules), settings.max_websockets)
     upgrades = Upgrades(relay, ca_bundle)
+    leadership = build_leadership(settings, redis_link)
     lifecycle = Lifecycle(
         provider,
         registry,
@@ -139,6 +140,7 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
         dry_run=dry_run,
         close_connections=upgrades.close_app,
         stop_concurrency=settings.stop_concurrency,
+        leading=leadership.confirm,
         **({"cluster_lock": lock} if (lock := build_cluster_lock(settings, redis_link)) else {}),
     )
     savings = Savings(
@@ -149,7 +151,6 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
     jobs = [("schedule", runner.tick), ("savings summary", savings.log_daily_summary)]
     if dry_run is not None:
         jobs.append(("dry run", dry_run.tick))
-    leadership = build_leadership(settings, redis_link)
     supervisor = Supervisor(
         lifecycle, settings.checking_interval, leadership, metrics, jobs, cron=settings.checking_cron
     )
@@ -253,17 +254,36 @@ def build_cluster_lock(settings: Settings, link: RedisLink | None) -> ClusterLoc
     return ClusterLocks(link, settings.cluster_lock_ttl)
 
 
-def build_event_store(settings: Settings, link: RedisLink | None = None) -> EventStore:
-    """In memory, a Redis stream under the registry's prefix that every instance shares, or PostgreSQL."""
+def build_event_store(settings: Settings, link: RedisLink | None = None, metrics: Metrics | None = None) -> EventStore:
+    """In memory, a Redis stream under the registry's prefix that every instance shares, or PostgreSQL.
+
+    A shared store is wrapped in a spool (:mod:`paastis.spool`) when ``metrics`` is given (a wired
+    instance): what it cannot take while it is down waits on disk, or in Redis for PostgreSQL.
+    """
+    if settings.events_store_type == "in-memory":
+        return InMemoryEventStore(settings.events_max)
     if settings.events_store_type == "postgres":
         from .pg_events import PostgresEventStore  # psycopg is only imported by those who use it
 
         assert settings.database_url is not None  # Settings refuses postgres without a URL
-        return PostgresEventStore(settings.database_url)
-    if settings.events_store_type != "redis":
-        return InMemoryEventStore(settings.events_max)
-    from .redis_events import RedisEventStore
+        store: EventStore = PostgresEventStore(settings.database_url)
+    else:
+        from .redis_events import RedisEventStore
 
-    own = link is None  # a store built alone (tests) has a link of its own, closed with it
-    link = link or build_redis_link(settings)
-    return RedisEventStore(link, f"{settings.redis_prefix}events", settings.events_max, owns_link=own)
+        own = link is None  # a store built alone (tests) has a link of its own, closed with it
+        link = link or build_redis_link(settings)
+        store = RedisEventStore(link, f"{settings.redis_prefix}events", settings.events_max, owns_link=own)
+    if metrics is None:
+        return store
+    return build_spool(settings, store, link, metrics)
+
+
+def build_spool(settings: Settings, store: EventStore, link: RedisLink | None, metrics: Metrics) -> EventStore:
+    """The file under PAASTIS_STATE_DIR; before it, Redis when the store is PostgreSQL and Redis is there."""
+    from .spool import FileSpool, RedisSpool, Spool, SpooledEventStore
+
+    spools: list[Spool] = []
+    if settings.events_store_type == "postgres" and link is not None:
+        spools.append(RedisSpool(link))
+    spools.append(FileSpool(settings.state_dir))
+    return SpooledEventStore(store, spools, metrics, settings.events_spool_max)

@@ -54,6 +54,7 @@ def fleet(tmp_path, prefix):
     graphs, runners = [], []
     for _ in range(2):
         paastis = create_app(Settings.from_env(env, dotenv=False)).extensions["paastis"]
+        paastis.lifecycle.stopper.leading = lambda: True  # ticked by hand as the leader (see test_redis_registry)
         graphs.append(paastis)
         runners.append(
             ScheduleRunner(

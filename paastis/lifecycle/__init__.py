@@ -66,6 +66,7 @@ class Lifecycle:
         dry_run: DryRun | None = None,
         close_connections: Callable[[str], None] = lambda key: None,
         stop_concurrency: int = 4,
+        leading: Callable[[], bool] = lambda: True,
     ):
         self.operation_timeout = operation_timeout
         self.directory = directory
@@ -102,6 +103,7 @@ class Lifecycle:
             dry_run,
             close_connections,
             directory,
+            leading,
         )
         self.idle = IdleCheck(
             provider,
@@ -184,5 +186,5 @@ class Lifecycle:
             log.info("forgot %d memo(s) and %d metric series of apps that are gone", dropped, series)
 
     def close(self) -> None:
-        self.idle.close()
+        self.idle.close(timeout=self.operation_timeout)  # running stops end before the provider is closed
         self.readiness.close()

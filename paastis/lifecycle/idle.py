@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import datetime
 
 from .. import events as ev
@@ -67,6 +67,7 @@ class IdleCheck:
         self.stopper = stopper
         self._pool = ThreadPoolExecutor(max_workers=stop_concurrency, thread_name_prefix="paastis-stop")
         self._stopping: set[str] = set()  # queued or under way
+        self._futures: set[Future[None]] = set()
         self._lock = threading.Lock()
         self.last_listing_seconds = 0.0  # how long the last tick waited on the provider's listing
         self.last_own_seconds = 0.0  # and how long its own work took
@@ -119,9 +120,18 @@ class IdleCheck:
         with self._lock:
             return key in self._stopping
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> None:
+        """Cancel queued stops and wait (at most ``timeout`` seconds) for those under way: the provider
+        and the registry they use are closed next, and a stop cut in half would lose its event or memo."""
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._reader.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            running = [future for future in self._futures if not future.done()]
+        if running:
+            log.info("waiting for %d stop(s) under way before shutting down", len(running))
+            _done, late = wait(running, timeout)
+            if late:
+                log.warning("%d stop(s) still running after %gs: shutting down anyway", len(late), timeout)
 
     # -- one tick ---------------------------------------------------------------
 
@@ -203,7 +213,17 @@ class IdleCheck:
             if app.key in self._stopping:
                 return
             self._stopping.add(app.key)
-        self._pool.submit(self._stop, app, holders)
+            try:
+                future = self._pool.submit(self._stop, app, holders)
+            except RuntimeError:  # shutting down
+                self._stopping.discard(app.key)
+                return
+            self._futures.add(future)
+        future.add_done_callback(self._forget_future)
+
+    def _forget_future(self, future: Future[None]) -> None:
+        with self._lock:
+            self._futures.discard(future)
 
     def _stop(self, app: AppInfo, holders: set[str]) -> None:
         try:
@@ -215,14 +235,16 @@ class IdleCheck:
                 self._stopping.discard(app.key)
 
     def _still_idle(self, key: str, holders: set[str]) -> bool:
-        """Asked again under the cluster lock, from the registry itself: another instance may have served it."""
-        entries = {k: e for k in (key, *holders) if (e := self.registry.get(k)) is not None}
-        if key not in entries:
+        """Asked again under the cluster lock, fresh from the registry at one instant (entries, last
+        accesses, requests in flight): another instance may have served it. Raises Degraded when
+        Redis cannot answer: a stop never acts on a local view."""
+        looks = self.registry.last_look(sorted({key, *holders}))
+        if looks[key].entry is None:
             return False
         now = utcnow()
-        if not all(self._expired(k, entry, now) for k, entry in entries.items()):
+        if not all(self._expired(k, look.entry, now) for k, look in looks.items() if look.entry is not None):
             return False
-        return not any(self.registry.in_flight_many(sorted(entries)).values())
+        return not any(look.in_flight for look in looks.values())
 
     # -- formations read ahead, while the budget has room ----------------------------
 

@@ -3,6 +3,12 @@
 Owns stops: the before/after-stop hooks, the last look for a request that arrived on
 another instance, the provider call, and keeping the formation memo the next start needs.
 A stop that fails loses nothing: the app stays registered as running.
+
+An unattended stop (idle, schedule) never acts on degraded cluster state: just before
+``provider.stop`` it confirms with Redis that this instance still leads, and reads the app's
+activity fresh (:meth:`~paastis.registry.Registry.last_look`); if either cannot be had, the app
+is left running and the next tick decides again. An operator's stop is an order, not a guess
+from data: it works while Redis is down, as wakes do.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from ..logs import about_app
 from ..metrics import Metrics
 from ..providers import STOPPED, AppInfo, Provider, ProviderError
 from ..providers.priority import CallClass, calls_as
-from ..registry import Registry
+from ..registry import Degraded, Registry
 from ..rules import Rules
 from .flights import Flights
 from .journal import Journal
@@ -50,6 +56,7 @@ class Stopper:
         dry_run: DryRun | None = None,
         close_connections: Callable[[str], None] = lambda key: None,
         directory: Directory | None = None,
+        leading: Callable[[], bool] = lambda: True,
     ):
         self.provider = provider
         self.registry = registry
@@ -63,6 +70,7 @@ class Stopper:
         self.dry_run = dry_run  # PAASTIS_DRY_RUN: stops are only recorded (APP_WOULD_STOP)
         self.close_connections = close_connections  # an app's open WebSockets (see paastis.relay)
         self.directory = directory  # told of each stop: the list reads "stopped" before the next listing
+        self.leading = leading  # asks Redis afresh whether this instance still leads (unattended stops)
 
     def stop(self, app: AppInfo, reason: str, still_idle: Callable[[AppInfo], bool] | None = None) -> bool:
         """Stop ``app`` unless something else is happening to it; True if it was stopped.
@@ -81,13 +89,32 @@ class Stopper:
             return False
         try:
             with about_app(app.key), calls_as(stop_class(reason)), self.cluster_lock(app.key) as ours:
-                if not ours or (still_idle is not None and not still_idle(app)):
+                if not ours or not self._still_idle(app, still_idle):
                     return False  # another instance is starting or stopping it, or it was used meanwhile
                 if reason != "idle" and self._already_stopped(app, reason):
                     return True  # (an idle app was just listed as running: no call to ask again)
-                return self._stop(app, reason, policy.hooks)
+                return self._stop(app, reason, policy.hooks, still_idle)
         finally:
             self.flights.land(app.key, flight)
+
+    def _still_leading(self, app: AppInfo) -> bool:
+        if self.leading():
+            return True
+        log.warning("not stopping %s: this instance no longer leads (or Redis cannot confirm it)", app.key)
+        return False
+
+    def _nobody_came(self, app: AppInfo) -> bool:
+        """After unregistering: no request in flight on any instance, read fresh (a request that begins
+        from now on finds the app gone and waits for this stop). Degraded: no stop."""
+        try:
+            look = self.registry.last_look([app.key])[app.key]
+        except Degraded as error:
+            log.warning("not stopping %s: cluster state is degraded (%s)", app.key, error)
+            return False
+        if look.in_flight > 0:  # one came in elsewhere
+            log.info("not stopping %s: a request arrived", app.key)
+            return False
+        return True
 
     def _already_stopped(self, app: AppInfo, reason: str) -> bool:
         """A stopped app is not stopped again: no hooks, no second ``APP_STOPPED`` (one status call)."""
@@ -103,19 +130,36 @@ class Stopper:
                 self.journal.forgotten(app.key, reason, "found stopped")
         return stopped
 
-    def _stop(self, app: AppInfo, reason: str, hooks: dict[str, str]) -> bool:
+    def _still_idle(self, app: AppInfo, still_idle: Callable[[AppInfo], bool] | None) -> bool:
+        """``still_idle`` asked afresh; False (no stop) when the cluster state is degraded."""
+        if still_idle is None:
+            return True
+        try:
+            return still_idle(app)
+        except Degraded as error:
+            log.warning("not stopping %s: cluster state is degraded (%s); the next check decides again", app.key, error)
+            return False
+
+    def _stop(
+        self, app: AppInfo, reason: str, hooks: dict[str, str], still_idle: Callable[[AppInfo], bool] | None = None
+    ) -> bool:
         started = time.monotonic()
         try:
             self.hooks.run("before_stop", hooks.get("before_stop"), app.name, reason, app.region)
         except HookFailed as error:
             self.journal.emit(ev.APP_STOP_FAILED, app.key, reason, message=str(error))
             return False
+        unattended = reason in UNATTENDED
+        if unattended and not self._still_idle(app, still_idle):  # the hook took time: looked at again
+            log.info("not stopping %s: a request arrived (or it was used) while its before_stop hook ran", app.key)
+            return False
+        if unattended and not self._still_leading(app):
+            return False
         entry = self.registry.get(app.key)
         self.registry.unregister(app.key)  # new requests now wait for this stop, then wake the app
-        if reason in ("idle", "schedule") and self.registry.in_flight(app.key) > 0:  # one came in elsewhere
+        if unattended and not self._nobody_came(app):
             if entry is not None:
                 self.registry.register(entry)
-            log.info("not stopping %s: a request arrived", app.key)
             return False
         self.close_connections(app.key)  # with a Close frame (1001) rather than a reset by the dying app
         try:

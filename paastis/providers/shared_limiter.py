@@ -16,10 +16,8 @@ import itertools
 import logging
 import time
 
-import redis
-
 from .. import deadlines
-from ..redis_link import RedisLink
+from ..redis_link import Degraded, RedisLink
 from .http import RateLimiter
 from .scheduler import BACKGROUND_PATIENCE
 
@@ -124,13 +122,10 @@ class SharedRateLimiter(RateLimiter):
 
     def remaining(self) -> float:
         """Slots left in the shared window (the local bucket's while Redis is out of reach)."""
-        if self.link.down:
-            return super().remaining()
         try:
             now_ms = int(time.time() * 1000)
-            used = self.link.client.zcount(self.key, now_ms - self.window_ms, "+inf")
-        except redis.RedisError as error:
-            self.link.failed(error)
+            used = self.link.must(lambda: self.link.client.zcount(self.key, now_ms - self.window_ms, "+inf"))
+        except Degraded:
             return super().remaining()
         return float(max(0, self.limit - int(used)))
 
@@ -139,26 +134,19 @@ class SharedRateLimiter(RateLimiter):
 
     def delay(self, background: bool = False) -> float | None:
         """Take a slot now (0.0), or say how long to wait for one; None while Redis is out of reach."""
-        if self.link.down:
-            return None
         member = f"{self._member_prefix}:{next(self._members)}"
         keys = [self.key, self.blocked_key, self.urgent_key]
         args = [self.window_ms, self.limit, member, int(background), self.shared_reserve]
         try:
-            wait_ms = int(self._acquire(keys=keys, args=args))
-        except redis.RedisError as error:
-            self.link.failed(error)
+            wait_ms = int(self.link.must(lambda: self._acquire(keys=keys, args=args)))
+        except Degraded:
             return None
         return wait_ms / 1000
 
     def slow_down(self, seconds: float) -> None:
         super().slow_down(seconds)
-        if self.link.down or seconds <= 0:
-            return
-        try:
-            self._block(keys=[self.blocked_key], args=[max(1, int(seconds * 1000))])
-        except redis.RedisError as error:
-            self.link.failed(error)
+        if seconds > 0:
+            self.link.attempt(lambda: self._block(keys=[self.blocked_key], args=[max(1, int(seconds * 1000))]))
 
     def close(self) -> None:
         if self.owns_link:
