@@ -43,6 +43,21 @@ def deadline_at(when: float) -> Iterator[float]:
         _DEADLINE.reset(token)
 
 
+@contextmanager
+def own_time(seconds: float) -> Iterator[float]:
+    """Run the block under a deadline of its own, ``seconds`` from now, whatever the enclosing one has left.
+
+    For cleanup: undoing a start that timed out happens *because* the wake's deadline passed, so
+    under that deadline it would be cut off before doing anything (a local ``stop:`` command was
+    killed at once, leaving the app running). Cleanup gets the time a stop would get instead.
+    """
+    token = _DEADLINE.set(time.monotonic() + seconds)
+    try:
+        yield time.monotonic() + seconds
+    finally:
+        _DEADLINE.reset(token)
+
+
 def current() -> float | None:
     """The deadline of the operation under way in this context, if any."""
     return _DEADLINE.get()

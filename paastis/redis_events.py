@@ -69,6 +69,7 @@ class RedisEventStore:
 
     def query(self, app=None, type=None, since=None, limit=100) -> list[Event]:
         """Newest first, reading the stream backwards page by page until ``limit`` or ``since``."""
+
         def read() -> list[Event]:
             found: list[Event] = []
             for event in self._backwards(since):

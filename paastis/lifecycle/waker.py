@@ -240,9 +240,14 @@ class Waker:
         self.hooks.run_in_background("after_start", policy.hooks.get("after_start"), app.name, reason, app.region)
 
     def _abandon(self, app: AppInfo) -> None:
-        """A start that failed or timed out must leave nothing running; remember what was undone for its error."""
+        """A start that failed or timed out must leave nothing running; remember what was undone for its error.
+
+        The cleanup gets its own time (the provider's operation timeout; a local app's ``stop_timeout``,
+        see the provider): what was left of the wake's deadline is nothing when the start timed out.
+        """
         try:
-            undone = self.provider.abandon_start(app)
+            with deadlines.own_time(self.operation_timeout):
+                undone = self.provider.abandon_start(app)
         except Exception as error:  # noqa: BLE001 - the start's own failure is what the caller must see
             log.error("could not clean up after the failed start of %s: %s", app.key, error)
             undone = f"cleaning up failed too: {error}"

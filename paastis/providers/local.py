@@ -202,11 +202,16 @@ class LocalProvider:
         return None
 
     def abandon_start(self, app: AppInfo) -> str | None:
-        """A start that failed or timed out must not leave anything running (and billing)."""
+        """A start that failed or timed out must not leave anything running (and billing).
+
+        Its ``stop:`` command runs with the app's ``stop_timeout``, never with what was left of the
+        start's deadline (nothing, when the start timed out).
+        """
         local = self._app(app)
         if local.command is None:
             try:
-                self._run(local, local.stop, "stop")
+                with deadlines.own_time(local.stop_timeout):
+                    self._run(local, local.stop, "stop", local.stop_timeout)
             except ProviderError as error:
                 return f"its stop command failed too: {error.message}"
             return "its stop command was run"
@@ -370,8 +375,10 @@ class LocalProvider:
         log.info("local: spawned %s (pid %d, output in %s)", app.name, process.pid, log_path)
         threading.Thread(target=_reap, args=(app.name, process, self._exit_file(app)), daemon=True).start()
 
-    def _run(self, app: LocalApp, command: str | None, what: str) -> None:
-        """Run a ``start:``/``stop:`` command to its end; on timeout its whole process group is killed."""
+    def _run(self, app: LocalApp, command: str | None, what: str, timeout: float | None = None) -> None:
+        """Run a ``start:``/``stop:`` command to its end (``timeout``: the operation timeout, or less if the
+        current deadline comes first); on timeout its whole process group is killed."""
+        timeout = self.operation_timeout if timeout is None else timeout
         process = subprocess.Popen(
             command or "true",
             shell=True,
@@ -383,12 +390,12 @@ class LocalProvider:
             start_new_session=True,
         )
         try:
-            stdout, stderr = process.communicate(timeout=deadlines.capped(self.operation_timeout))
+            stdout, stderr = process.communicate(timeout=deadlines.capped(timeout))
         except subprocess.TimeoutExpired:
             _terminate_group(process.pid, 0)
             process.communicate()
             raise ProviderTimeout(
-                self.name, app.name, f"{what} command timed out after {self.operation_timeout:g}s (killed)"
+                self.name, app.name, f"{what} command timed out after {timeout:g}s (killed)"
             ) from None
         if process.returncode != 0:
             tail = (stderr or stdout).decode(errors="replace").strip().splitlines()[-TAIL_LINES:]
