@@ -9,4 +9,9 @@ import sys
 if sys.version_info < (3, 11):  # noqa: UP036 - before importing paastis, which needs 3.11
     sys.exit(f"paastis: needs Python 3.11 or later; this is Python {sys.version.split()[0]} ({sys.executable})")
 
+import importlib  # noqa: E402
+
+if "paastis.gunicorn_conf" in sys.modules:  # a reload (SIGHUP): check the configuration again, afresh
+    importlib.reload(sys.modules["paastis.gunicorn_conf"])
+
 from paastis.gunicorn_conf import *  # noqa: E402, F403

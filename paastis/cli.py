@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -26,7 +27,6 @@ from dotenv import dotenv_values
 
 from .config import ConfigError, Settings
 
-DEFAULT_URL = "http://127.0.0.1:3000"
 EXIT_CONFIG = 2  # `paastis check`: the configuration is wrong
 EXIT_REMOTE = 1  # a remote command failed (unreachable, refused, or the operation failed)
 
@@ -163,7 +163,9 @@ def remote_options(command: Callable) -> Callable:
     """``--url``, ``--token``, ``--timeout`` and ``--json``, shared by every remote command."""
     for option in reversed(
         [
-            click.option("--url", envvar="PAASTIS_URL", help=f"paastis to talk to [env PAASTIS_URL; {DEFAULT_URL}]"),
+            click.option(
+                "--url", envvar="PAASTIS_URL", help="paastis to talk to [env PAASTIS_URL; else http://HOST:PORT]"
+            ),
             click.option(
                 "--token",
                 envvar="ROUTING_SYSTEM_API_TOKEN",
@@ -178,8 +180,28 @@ def remote_options(command: Callable) -> Callable:
 
 
 def admin(url: str | None, token: str | None, timeout: float) -> AdminApi:
-    url = url or dotenv_value("PAASTIS_URL") or DEFAULT_URL
-    return AdminApi(url, token or dotenv_value("ROUTING_SYSTEM_API_TOKEN"), timeout)
+    token = token or dotenv_value("ROUTING_SYSTEM_API_TOKEN")
+    return AdminApi(url or dotenv_value("PAASTIS_URL") or local_url(), token, timeout)
+
+
+def local_url() -> str:
+    """The paastis of this directory: ``HOST`` and ``PORT`` as the service reads them (environment, then ``.env``)."""
+    host = dotenv_value("HOST") or "127.0.0.1"
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "[::]") else host
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"http://{host}:{dotenv_value('PORT') or 3000}"
+
+
+def known_app(api: AdminApi, name: str | None, found: list[Any]) -> None:
+    """``--app NAME`` that paastis does not know, with nothing recorded for it: a typo, said so (exit 1)."""
+    if name is None or found:
+        return
+    try:
+        api.call("GET", f"/apps/{name}")
+    except Failure as failure:
+        if failure.status in (400, 404):
+            raise Failure(f"unknown app {name!r}: paastis lists no such app and has nothing recorded for it") from None
+        raise
 
 
 @click.group(help="paastis: puts idle PaaS apps to sleep and wakes them on the first request.")
@@ -250,6 +272,47 @@ def serve(gunicorn_options: tuple[str, ...]) -> None:
 
 
 @cli.command()
+@click.option("--pid", type=int, help="gunicorn master's pid [default: from PAASTIS_STATE_DIR/paastis-PORT.master]")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="seconds to wait for the outcome")
+def reload(pid: int | None, timeout: float) -> None:
+    """Apply changed settings (.env) and paastis.yml to the paastis running here, without a restart.
+
+    Sends SIGHUP to its gunicorn master, which checks the new configuration first: a broken one
+    is refused (exit 1, the reason printed) and paastis keeps serving with the previous one.
+    """
+    from .reloads import files
+
+    state_dir = Path(dotenv_value("PAASTIS_STATE_DIR") or ".paastis")
+    port = dotenv_value("PORT") or "3000"
+    pid_file, status_file = files(state_dir, int(port) if port.isdigit() else 3000)
+    if pid is None:
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            raise Failure(f"no paastis runs here on port {port}: {pid_file} is missing (or give --pid)") from None
+    before = read_status(status_file).get("generation", 0)
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as error:
+        raise Failure(f"cannot signal paastis (pid {pid}): {error.strerror}") from None
+    deadline = time.monotonic() + timeout
+    while (outcome := read_status(status_file)).get("generation", 0) == before:
+        if time.monotonic() > deadline:
+            raise Failure(f"sent SIGHUP to {pid}, but {status_file} did not change within {timeout:g}s")
+        time.sleep(0.1)
+    if outcome.get("result") != "applied":
+        raise Failure(f"reload refused, paastis keeps the previous configuration: {outcome.get('error')}")
+    click.echo("configuration reloaded (connections in flight are kept)")
+
+
+def read_status(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@cli.command()
 @remote_options
 def apps(url: str | None, token: str | None, timeout: float, as_json: bool) -> None:
     """List the apps of a running paastis, with their status."""
@@ -288,7 +351,9 @@ def operate(api: AdminApi, name: str, operation: str, as_json: bool) -> None:
 @remote_options
 def events(app, kind, since, limit, url, token, timeout, as_json) -> None:  # type: ignore[no-untyped-def]
     """Show what paastis did, newest first."""
-    data = admin(url, token, timeout).call("GET", "/events", app=app, type=kind, since=since, limit=limit)
+    api = admin(url, token, timeout)
+    data = api.call("GET", "/events", app=app, type=kind, since=since, limit=limit)
+    known_app(api, app, data["events"])
     emit(data, as_json, render_events)
 
 
@@ -306,6 +371,7 @@ def savings(app, since, until, url, token, timeout, as_json) -> None:  # type: i
         if failure.status == 404:
             raise Failure("this paastis has no savings report (GET /savings answers 404)") from None
         raise
+    known_app(api, app, [a for a in data["apps"] if a.get("awake_hours") or a.get("asleep_hours")])
     emit(data, as_json, render_savings)
 
 

@@ -7,11 +7,13 @@ what was expected, so that a typo stops the process before it serves anything.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -139,18 +141,104 @@ PROVIDER_CREDENTIALS = {
 }
 
 
-def read_environment(dotenv_file: Path = Path(".env")) -> dict[str, str]:
-    """The process environment over the ``.env`` file's values.
+# A variable starting with one of these is meant for paastis: an unknown one is a typo, refused.
+SETTING_PREFIXES = (
+    "PAASTIS_",
+    "START_AND_STOP_",
+    "PROVIDER_",
+    "ROUTING_",
+    "REGISTRY_",
+    "HOOKS_",
+    "EVENTS_",
+    "UPSTREAM_",
+    "CLIENT_",
+    "MAX_",
+    "WEBSOCKET_",
+    "WAKE_",
+    "SUPERVISOR_",
+    "CLUSTER_",
+    "STOP_",
+    "QUEUE_",
+)
+ALLOW_UNKNOWN = "PAASTIS_ALLOW_UNKNOWN_SETTINGS"
+# Names the code builds instead of spelling them out (f"HOOKS_{hook.upper()}", a provider's own timeout).
+BUILT_NAMES = (
+    "HOOKS_BEFORE_START",
+    "HOOKS_AFTER_START",
+    "HOOKS_BEFORE_STOP",
+    "HOOKS_AFTER_STOP",
+    *(f"PROVIDER_{name}_OPERATION_TIMEOUT" for name in ("LOCAL", "SCALINGO", "HEROKU", "CLEVER")),
+)
+# Names paastis hands to hook commands and local apps: not settings, but never a typo of one.
+CHILD_NAMES = ("PAASTIS_APP_NAME", "PAASTIS_HOOK", "PAASTIS_REASON", "PAASTIS_PROVIDER", "PAASTIS_REGION")
+NAME_LITERAL = re.compile(r"""["']([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)["']""")
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+@cache
+def known_settings() -> frozenset[str]:
+    """Every variable paastis reads, found where it is read: the names spelled in paastis's own code.
+
+    Built from the code (and, in a checkout, from ``docs/settings.md``) rather than kept as a
+    list, so a setting someone adds is known as soon as the code reads it.
+    """
+    names: set[str] = {*BUILT_NAMES, *CHILD_NAMES}
+    for path in PACKAGE_DIR.rglob("*.py"):
+        names.update(NAME_LITERAL.findall(path.read_text(encoding="utf-8")))
+    table = PACKAGE_DIR.parent / "docs" / "settings.md"
+    if table.is_file():
+        names.update(re.findall(r"^\| `([A-Z][A-Z0-9_]+)`", table.read_text(encoding="utf-8"), re.MULTILINE))
+    return frozenset(name for name in names if name.startswith(SETTING_PREFIXES))
+
+
+def unknown_settings(names: Mapping[str, object]) -> list[str]:
+    """The names in ``names`` that look like paastis settings (by their prefix) but are none."""
+    known = known_settings()
+    return sorted(name for name in names if name.startswith(SETTING_PREFIXES) and name not in known)
+
+
+def refuse_unknown(names: Mapping[str, object], where: str, hint: str = "") -> None:
+    """One line for every misspelled setting, each with the closest known name."""
+    unknown = unknown_settings(names)
+    if not unknown:
+        return
+    known = sorted(known_settings())
+
+    def described(name: str) -> str:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        return f"{name} (did you mean {close[0]}?)" if close else f"{name} (no setting has a similar name)"
+
+    listed = ", ".join(described(name) for name in unknown)
+    raise ConfigError(f"unknown setting(s) in {where}: {listed}; see docs/settings.md{hint}")
+
+
+def read_dotenv(dotenv_file: Path = Path(".env")) -> dict[str, str]:
+    """The ``.env`` file's values (none without the file).
 
     ``interpolate=False`` keeps ``$NAME`` and ``${NAME}`` as written: they are meant for the
     shell that runs a hook (``$PAASTIS_APP_NAME`` exists only then), not for load time.
     """
-    values: dict[str, str] = {}
-    if dotenv_file.is_file():
-        loaded = dotenv_values(dotenv_file, interpolate=False)
-        values.update({k: v for k, v in loaded.items() if v is not None})
-    values.update(os.environ)
-    return values
+    if not dotenv_file.is_file():
+        return {}
+    loaded = dotenv_values(dotenv_file, interpolate=False)
+    return {k: v for k, v in loaded.items() if v is not None}
+
+
+def read_environment(dotenv_file: Path = Path(".env")) -> dict[str, str]:
+    """The process environment over the ``.env`` file's values."""
+    return {**read_dotenv(dotenv_file), **os.environ}
+
+
+def check_setting_names(dotenv_file: Path = Path(".env"), environ: Mapping[str, str] | None = None) -> None:
+    """Refuse a misspelled setting: in ``.env`` always, in the process environment unless allowed.
+
+    A shared environment may hold other programs' ``MAX_…`` or ``CLIENT_…`` variables:
+    ``PAASTIS_ALLOW_UNKNOWN_SETTINGS=true`` lets those through (``.env`` is paastis's own file).
+    """
+    environ = os.environ if environ is None else environ
+    refuse_unknown(read_dotenv(dotenv_file), str(dotenv_file.resolve()))
+    if not Env({ALLOW_UNKNOWN: environ.get(ALLOW_UNKNOWN, "")}).boolean(ALLOW_UNKNOWN, False):
+        refuse_unknown(environ, "the environment", f" (or set {ALLOW_UNKNOWN}=true if they belong to something else)")
 
 
 def infer_provider(env: Env) -> tuple[str, str | None]:
@@ -267,13 +355,17 @@ class Settings:
     upstream_connect_timeout: float = 5.0
     upstream_read_timeout: float = 300.0  # first byte, and each further chunk, of an app's answer
     max_in_flight_per_app: int = 16  # requests of one app in a worker at once (the bulkhead)
+    reload_drain_timeout: float = 3600.0  # seconds a worker replaced by a reload keeps serving what it holds
     env: Env = field(default_factory=lambda: Env({}), repr=False, compare=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
         """Build settings from ``environ`` (default: the process environment over ``.env``)."""
-        if environ is None:
-            values = read_environment() if dotenv else dict(os.environ)
+        if environ is None and dotenv:
+            check_setting_names()
+            values = read_environment()
+        elif environ is None:
+            values = dict(os.environ)
         else:
             values = dict(environ)
         return cls.from_reader(Env(values))
@@ -354,6 +446,7 @@ class Settings:
             upstream_connect_timeout=env.number("UPSTREAM_CONNECT_TIMEOUT", 5.0),
             upstream_read_timeout=env.number("UPSTREAM_READ_TIMEOUT", 300.0),
             max_in_flight_per_app=env.integer("MAX_IN_FLIGHT_PER_APP", max(1, threads // 2)),
+            reload_drain_timeout=env.number("PAASTIS_RELOAD_DRAIN_TIMEOUT", 3600.0),
             host=read_host(env),
             port=env.port("PORT", 3000),
             web_concurrency=env.integer("WEB_CONCURRENCY", 2) if env.is_set("WEB_CONCURRENCY") else None,

@@ -16,7 +16,7 @@ gunicorn itself reads ``WEB_CONCURRENCY`` from the process environment (as the d
 
 import sys
 
-from paastis import logs, startup
+from paastis import logs, reloads, startup
 from paastis.config import ConfigError
 
 __all__ = [  # what gunicorn reads (``gunicorn.conf.py`` star-imports this module)
@@ -32,12 +32,14 @@ __all__ = [  # what gunicorn reads (``gunicorn.conf.py`` star-imports this modul
     "control_socket_disable",
     "forwarded_allow_ips",
     "when_ready",
+    "on_reload",
+    "on_exit",
     "post_worker_init",
     "worker_exit",
 ]
 
 try:
-    _checked = startup.check()
+    _checked = startup.accept()  # at a reload, a broken configuration keeps the previous one (see paastis.reloads)
 except ConfigError as error:
     print(startup.error_line(error), file=sys.stderr, flush=True)
     sys.exit(1)
@@ -57,11 +59,31 @@ forwarded_allow_ips = ",".join(_settings.forwarded_allow_ips)
 control_socket_disable = True  # one per machine by default: several instances would fight over it
 
 
-def when_ready(server):
-    """Listening: say once, for the whole instance, what runs and how to try it."""
-    startup.report(_settings, _checked.rules, server.log)
+def _address(server):
     host, port = server.LISTENERS[0].getsockname()[:2] if server.LISTENERS else (_settings.host, _settings.port)
-    server.log.info(startup.summary(_checked, _settings.host if host in ("0.0.0.0", "::") else host, port))
+    return (_settings.host if host in ("0.0.0.0", "::") else host), port
+
+
+def when_ready(server):
+    """Listening: say once, for the whole instance, what runs and how to try it; then take SIGHUP over."""
+    startup.report(_settings, _checked.rules, server.log, _checked.apps)
+    server.log.info(startup.summary(_checked, *_address(server)))
+    server.paastis_files = pid_file, status_file = reloads.files(_settings.state_dir, _address(server)[1])
+    startup.reload_status.status_file = status_file
+    reloads.write_quietly(pid_file, f"{server.pid}\n")
+    reloads.install(server, startup.check, startup.reload_status, startup.reload_error_line)
+
+
+def on_reload(server):
+    """A good configuration was applied: say what runs now, with its warnings (the new workers start next)."""
+    for warning in startup.warnings(_settings, _checked.rules, _checked.apps):
+        server.log.warning(warning)
+    server.log.info(startup.summary(_checked, *_address(server)).replace("paastis ready:", "paastis reloaded:", 1))
+
+
+def on_exit(server):
+    for path in getattr(server, "paastis_files", ()):
+        path.unlink(missing_ok=True)
 
 
 def post_worker_init(worker):

@@ -48,6 +48,12 @@ class Metrics:
         self.websockets_open = Gauge(
             "paastis_websockets_open", "Upgraded connections (WebSockets) open here, by app", ["app"], registry=r
         )
+        self.last_reload_successful = Gauge(
+            "paastis_config_last_reload_successful",
+            "0 when the last configuration reload was refused (paastis serves the previous one), else 1",
+            registry=r,
+        )
+        self.last_reload_successful.set(1)
         self.leader = Gauge("paastis_leader", "1 while this worker holds the supervisor lock", registry=r)
         self.passive_requests = Counter(
             "paastis_passive_requests",

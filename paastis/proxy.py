@@ -383,6 +383,8 @@ def serve(
     except BadHost as error:
         return error_response(400, str(error))
     except NoAppKey as error:
+        if request.headers.get("PaastisProxyTarget", "").lower() == "system":  # meant for the admin API, which is off
+            return error_response(404, "the admin API is off (ROUTING_SYSTEM_API_ENABLED)")
         return error_response(404, routing_help(error.host, _example_app(lifecycle)))
     except NotServed as error:
         return error_response(404, str(error))

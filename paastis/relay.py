@@ -182,6 +182,11 @@ class Relay:
         self._ensure_thread()
         self._call(lambda: self._add(tunnel))
 
+    def total(self) -> int:
+        """Upgraded connections open (or being handed over) in this process, every app together."""
+        with self._lock:
+            return sum(self._open.values()) + self._reserved
+
     def open(self, app: str) -> int:
         """Upgraded connections of ``app`` open in this process."""
         return self._open.get(app, 0)

@@ -86,7 +86,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        with path.open(encoding="utf-8") as stream:  # an open file: YAML's errors then name it, not "<unicode string>"
+            data = yaml.safe_load(stream) or {}
     except OSError as error:
         raise ConfigError(f"{path}: cannot be read: {error.strerror}") from None
     except yaml.YAMLError as error:
@@ -248,6 +249,16 @@ class Rules:
         # Keys come from request Hosts: a flood of random names must neither grow the cache
         # nor empty it, so the least recently used policies make room (thread-safe, in C).
         self._cached = lru_cache(maxsize=POLICY_CACHE_SIZE)(self._resolve)
+
+    def unmatched(self, keys: list[str] | tuple[str, ...]) -> list[str]:
+        """One warning for each rule whose pattern matches none of ``keys`` (a typo leaves its apps the defaults)."""
+        listed = f"{len(keys)} app(s)" if len(keys) > 10 else ", ".join(keys) or "no app"
+        return [
+            f"{self.settings.config_file}: {rule.describe()} matches none of the apps the provider lists "
+            f"({listed}): its apps get the defaults; check the pattern (it must match the whole app name)"
+            for rule in self.rules
+            if not any(rule.pattern.fullmatch(key) for key in keys)
+        ]
 
     def policy(self, key: str) -> AppPolicy:
         """Policies are computed once per key (while they stay in the cache): the proxy asks on every request."""

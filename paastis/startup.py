@@ -18,6 +18,7 @@ from .config import ConfigError, Settings, read_environment
 from .hooks import parse_hooks_env
 from .logs import format_line
 from .providers import build_provider
+from .reloads import ReloadStatus
 from .routes import Routes
 from .rules import Rules, load_config_file
 
@@ -26,6 +27,12 @@ log = logging.getLogger(__name__)
 # True in the master once it has logged the warnings; workers are forked from it and inherit
 # the flag, so create_app() in a worker does not repeat them.
 reported = False
+# The gunicorn master's memory, kept here because gunicorn runs gunicorn.conf.py afresh at
+# each reload: the configuration it accepted last (workers forked from it build from exactly
+# that, never from files that may have changed since), and the reloads' outcome (shared with
+# the workers). Both stay None outside gunicorn (tests, ``paastis check``).
+accepted: Checked | None = None
+reload_status: ReloadStatus | None = None
 
 
 @dataclass(frozen=True)
@@ -54,9 +61,46 @@ def check(settings: Settings | None = None) -> Checked:
     return Checked(settings, config, rules, apps)
 
 
-def warnings(settings: Settings, rules: Rules) -> list[str]:
-    """What the operator should know although nothing stops paastis."""
+def accept() -> Checked:
+    """In gunicorn's master, at start-up and at each reload: the configuration to serve with.
+
+    At start-up a mistake raises (one line, non-zero exit). At a reload (``paastis.reloads``
+    checked it already, but a file may change in between) a mistake keeps the previous one.
+    """
+    global accepted, reload_status
+    try:
+        checked = check()
+    except ConfigError as error:
+        if accepted is None or reload_status is None:
+            raise
+        reload_status.failed(str(error))
+        log.error(reload_error_line(error))
+        return accepted
+    if reload_status is None:
+        reload_status = ReloadStatus()
+    accepted = checked
+    return checked
+
+
+def reload_error_line(error: Exception) -> str:
+    """The one line a refused reload is logged in."""
+    return f"paastis: reload refused, still serving the previous configuration: {error}"
+
+
+def warnings(settings: Settings, rules: Rules, apps: tuple[str, ...] | None = None) -> list[str]:
+    """What the operator should know although nothing stops paastis.
+
+    ``apps``: the app keys the provider lists, when known at start-up (the local provider's).
+    """
     found = list(rules.warnings)
+    if not settings.config_file.is_file():
+        no_apps = " and no apps" if settings.provider_name == "local" else ""
+        found.append(
+            f"no {settings.config_file} here: looked for {settings.config_file.resolve()}; running with no rules"
+            f"{no_apps} (set PAASTIS_CONFIG_FILE to use another file)"
+        )
+    if apps is not None:
+        found.extend(rules.unmatched(apps))
     if settings.provider_inferred_from:
         found.append(
             f"PROVIDER_NAME is not set: using {settings.provider_name}, the only provider whose credentials "
@@ -78,12 +122,14 @@ def warnings(settings: Settings, rules: Rules) -> list[str]:
     return found
 
 
-def report(settings: Settings, rules: Rules, logger: logging.Logger = log) -> None:
+def report(
+    settings: Settings, rules: Rules, logger: logging.Logger = log, apps: tuple[str, ...] | None = None
+) -> None:
     """Log the warnings once per instance (see :data:`reported`)."""
     global reported
     if reported:
         return
-    for warning in warnings(settings, rules):
+    for warning in warnings(settings, rules, apps):
         logger.warning(warning)
     reported = True
 
@@ -98,11 +144,12 @@ def summary(checked: Checked, host: str, port: int) -> str:
     try_host = "localhost" if host in ("0.0.0.0", "::", "") else host
     example = checked.apps[0] if checked.apps else "<app>"
     suffix = "" if port in (80, 443) else f":{port}"
+    dashboard = f"dashboard=http://{s.dashboard_host}{suffix}/" if s.dashboard_host else "dashboard=off"
     try_it = f"curl -H {shlex.quote(f'Host: {example}.localhost{suffix}')} http://{try_host}{suffix}/"
     return (
         f"paastis ready: provider={s.provider_name} config={config} apps={apps} "
         f"rules={len(checked.rules.rules)} registry={s.registry_type} events={events} "
-        f"admin_api={'on' if s.system_api_enabled else 'off'} idle_checks={checks} "
+        f"admin_api={'on' if s.system_api_enabled else 'off'} {dashboard} idle_checks={checks} "
         f"workers={s.workers}x{s.threads} threads - try: {try_it}"
     )
 

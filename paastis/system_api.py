@@ -21,7 +21,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
-from . import deadlines
+from . import deadlines, startup
 from . import events as ev
 from .events import EventStoreUnavailable, instance_id
 from .lifecycle import WakeError
@@ -29,6 +29,7 @@ from .providers import RUNNING, UNKNOWN, AppInfo, ProviderError
 from .providers.priority import CallClass, calls_as
 from .proxy import is_system_request
 from .registry import utcnow
+from .reloads import Outcome
 from .routing import is_valid_app_key
 
 log = logging.getLogger(__name__)
@@ -415,13 +416,21 @@ def health() -> Response:
         provider=provider,
         leader=paastis.supervisor.leading,
         registry_size=len(paastis.registry.all()),
+        config_reload=last_reload().to_json(),
     )
     response.status_code = 200 if healthy else 503
     return response
+
+
+def last_reload() -> Outcome:
+    """The last configuration reload, as gunicorn's master recorded it (none outside gunicorn)."""
+    status = startup.reload_status
+    return status.read() if status is not None else Outcome()
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
     paastis = _paastis()
     paastis.metrics.registry_size.set(len(paastis.registry.all()))  # fresh, not as of the last idle check
+    paastis.metrics.last_reload_successful.set(0 if last_reload().result == "failed" else 1)
     return Response(paastis.metrics.render(), mimetype=None, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 from gunicorn.http.errors import NoMoreData, ParseException
@@ -93,15 +93,18 @@ class Paastis:
             self.redis_link.close()
 
 
-def create_app(settings: Settings | None = None, *, start_supervisor: bool = False) -> Flask:
+def create_app(
+    settings: Settings | None = None, *, start_supervisor: bool = False, config: dict[str, Any] | None = None
+) -> Flask:
     """Wire one paastis instance.
 
     The supervisor thread is not started here: gunicorn starts it in each worker after
-    fork (see ``gunicorn.conf.py``), and tests start it only when they need it.
+    fork (see ``gunicorn.conf.py``), and tests start it only when they need it. ``config``:
+    ``paastis.yml`` as already read (a gunicorn worker gets its master's), else read here.
     """
     settings = settings or Settings.from_env()
     logs.configure(settings.log_level, settings.log_format)
-    config = load_config_file(settings.config_file)
+    config = load_config_file(settings.config_file) if config is None else config
     metrics = Metrics()
     rules = Rules(settings, config.get("rules"))
     redis_link = build_redis_link(settings)
@@ -198,7 +201,8 @@ def create_app(settings: Settings | None = None, *, start_supervisor: bool = Fal
         paastis.dashboard = init_dashboard(app, settings, wake_times)
     if start_supervisor:
         supervisor.start()
-    startup.report(settings, rules)  # once per instance: under gunicorn the master already did
+    listed = tuple(app.key for app in provider.list_apps()) if provider.name == "local" else None
+    startup.report(settings, rules, apps=listed)  # once per instance: under gunicorn the master already did
     log.debug("worker ready: provider=%s registry=%s", provider.name, settings.registry_type)
     return app
 

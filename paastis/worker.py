@@ -32,9 +32,11 @@ gthread's own path: paastis is meant to sit behind the platform's router, which 
 from __future__ import annotations
 
 import errno
+import os
 import select
 import selectors
 import socket
+import threading
 import time
 from functools import partial
 from typing import Any
@@ -43,6 +45,7 @@ from gunicorn.http.unreader import SocketUnreader
 from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from . import startup
 from .config import Settings
 from .takeover import TakeoverMixin
 
@@ -133,12 +136,56 @@ class PaastisWorker(TakeoverMixin, ThreadWorker):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        settings = Settings.from_env()  # validated already by gunicorn.conf.py in the master
+        # Made in the master, which checked the settings: the ones it accepted last (paastis.reloads).
+        settings = startup.accepted.settings if startup.accepted else Settings.from_env()
         self.header_timeout = settings.client_header_timeout
         self.body_timeout = settings.client_body_timeout
+        self.drain_timeout = settings.reload_drain_timeout
+        self.draining = False  # replaced by a reload: serve what we hold, accept nothing new
         # Connections whose head is arriving, oldest first; every deadline is "start + header timeout",
         # so the first one not yet expired ends the search.
         self.heads: dict[Connection, None] = {}
+
+    # -- reloads: a replaced worker drains ---------------------------------------
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """SIGTERM: paastis stops (close everything, within gunicorn's grace), or a reload replaces us (drain).
+
+        A replaced worker keeps its requests, the requests waiting for a wake and its open
+        WebSockets until they end or ``PAASTIS_RELOAD_DRAIN_TIMEOUT`` passes; new workers
+        take every new connection. Its idle checks stop at once: the new workers run them.
+        """
+        super().handle_exit(sig, frame)
+        status = startup.reload_status
+        if self.draining or status is None or not status.replacing(os.getpid()):
+            return
+        self.draining = True
+        self.cfg.set("graceful_timeout", max(1, int(self.drain_timeout)))  # gthread's wait for requests in flight
+        self.log.info("paastis: worker %s replaced by a reload: draining what it serves", os.getpid())
+        threading.Thread(target=self._stop_idle_checks, name="paastis-drain", daemon=True).start()
+
+    def _stop_idle_checks(self) -> None:
+        paastis = self._paastis()
+        if paastis is not None:
+            paastis.supervisor.stop()
+
+    def _paastis(self) -> Any:
+        return getattr(getattr(self, "wsgi", None), "extensions", {}).get("paastis")
+
+    def run(self) -> None:
+        started = time.monotonic()
+        super().run()  # returns once the requests in flight are done (or the grace is over)
+        if self.draining:
+            self._drain_websockets(started + self.drain_timeout)
+
+    def _drain_websockets(self, deadline: float) -> None:
+        """Open WebSockets outlive the reload: wait for them to end, still telling the master we are alive."""
+        paastis = self._paastis()
+        relay = paastis.upgrades.relay if paastis is not None else None
+        while relay is not None and relay.total() > 0 and time.monotonic() < deadline and self.is_parent_alive():
+            self.notify()
+            time.sleep(0.5)
+        self.log.info("paastis: replaced worker %s drained", os.getpid())
 
     # -- main loop: accepting and reading heads --------------------------------
 

@@ -104,6 +104,8 @@ def test_errors_are_one_line_with_a_non_zero_exit(served):
         (dict(served.cli_env, ROUTING_SYSTEM_API_TOKEN="wrong" + TOKEN), ("apps",), "401: wrong or missing"),
         (served.cli_env, ("start", "ghost"), "404: unknown app 'ghost'"),
         (served.cli_env, ("events", "--type", "NOPE"), "400: type must be one of"),
+        (served.cli_env, ("events", "--app", "nope"), "unknown app 'nope'"),
+        (served.cli_env, ("savings", "--app", "nope"), "unknown app 'nope'"),
         ({"PAASTIS_URL": served.url}, ("apps",), "ROUTING_SYSTEM_API_TOKEN is not set"),
         ({"PAASTIS_URL": "http://127.0.0.1:9", "ROUTING_SYSTEM_API_TOKEN": TOKEN}, ("apps",), "cannot reach paastis"),
     ]
@@ -121,6 +123,24 @@ def test_the_token_may_come_from_a_dotenv_file(served, tmp_path):
     result = run("apps", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[1].startswith("demo")
+
+
+def test_host_and_port_come_from_the_dotenv_file_like_the_token(served, tmp_path):
+    (tmp_path / ".env").write_text(f"ROUTING_SYSTEM_API_TOKEN={TOKEN}\nHOST=0.0.0.0\nPORT={served.port}\n")
+    result = run("apps", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1].startswith("demo")
+
+
+def test_an_instance_without_the_admin_api_says_it_is_off(tmp_path, gunicorn_factory):
+    app, _ = local_app(tmp_path)
+    write_config(tmp_path, [app])
+    server = gunicorn_factory()
+    for args in (("apps",), ("events",), ("start", "demo")):
+        result = run(*args, PAASTIS_URL=server.url, ROUTING_SYSTEM_API_TOKEN=TOKEN)
+        assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+        assert "the admin API is off (ROUTING_SYSTEM_API_ENABLED)" in result.stderr
+    assert server.get("/echo").status_code == 200  # apps are still served, and were never reached by the CLI
 
 
 def test_check_validates_like_start_up_and_prints_the_summary(tmp_path):

@@ -80,7 +80,7 @@ class SlowListingProvider(CountingLocalProvider):
 
 def test_readers_never_wait_on_someone_elses_listing_nor_see_half_a_list(tmp_path):
     config_file = write_config(
-        tmp_path, [{"name": f"app-{i}", "url": "http://127.0.0.1:9", "command": "true"} for i in range(300)]
+        tmp_path, [{"name": f"app-{i}", "url": f"http://127.0.0.1:{10000 + i}", "command": "true"} for i in range(300)]
     )
     settings = Settings.from_env(
         {"PAASTIS_CONFIG_FILE": str(config_file), "PAASTIS_STATE_DIR": str(tmp_path / "s")}, dotenv=False

@@ -183,7 +183,7 @@ def test_the_lifecycle_records_each_kind_of_event(tmp_path):
             ("APP_STARTED", "demo", "request"),
             ("APP_STOPPED", "demo", "manual"),
             ("APP_START_FAILED", "broken", "request"),
-            ("APP_REGISTERED", "stubborn", "idle"),
+            ("APP_REGISTERED", "stubborn", "discovered"),
             ("APP_STOP_FAILED", "stubborn", "manual"),
             ("APP_UNREGISTERED", "stubborn", "idle"),
         }

@@ -14,6 +14,8 @@ import requests
 from tests.redis_support import SHARED_URL
 from tests.support import PYTHON, ROOT, free_port, local_app, port_open, wait_until, write_config
 
+pytestmark = pytest.mark.e2e  # every test here starts gunicorn
+
 GOOD_APP = "  - name: demo\n    url: http://127.0.0.1:{port}\n    command: sleep 60\n"
 
 
@@ -92,6 +94,22 @@ def refused_start(tmp_path: Path, env: dict[str, str], files: dict[str, str]) ->
             "PROVIDER_NAME is not set and credentials for several providers are",
         ),
         ({"PROVIDER_LOCAL_OPERATION_TIMEOUT": "soon"}, {}, "PROVIDER_LOCAL_OPERATION_TIMEOUT='soon' is not a number"),
+        (
+            {"START_AND_STOP_MAX_IDLE_TIM": "5"},
+            {},
+            "in the environment: START_AND_STOP_MAX_IDLE_TIM (did you mean START_AND_STOP_MAX_IDLE_TIME?)",
+        ),
+        ({}, {".env": "PAASTIS_DRYRUN=true\n"}, "PAASTIS_DRYRUN (did you mean PAASTIS_DRY_RUN?)"),
+        (
+            {"PAASTIS_ALLOW_UNKNOWN_SETTINGS": "true"},
+            {".env": "PAASTIS_DRYRUN=true\n"},
+            "PAASTIS_DRYRUN (did you mean PAASTIS_DRY_RUN?)",  # .env is paastis's own: never let through
+        ),
+        (
+            {},
+            {"paastis.yml": "apps:\n" + GOOD_APP + GOOD_APP.replace("demo", "blog")},
+            "apps: demo and blog share http://127.0.0.1:",
+        ),
     ],
 )
 def test_a_mistake_stops_gunicorn_with_one_line_naming_it(tmp_path, env, files, line):
@@ -103,6 +121,32 @@ def test_a_mistake_stops_gunicorn_with_one_line_naming_it(tmp_path, env, files, 
     assert line in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
     assert "pw@" not in result.stderr  # a Redis URL's password is never echoed
+
+
+def test_an_unknown_setting_of_a_shared_environment_may_be_let_through(tmp_path, instance):
+    port = free_port()
+    env = {"PORT": str(port), "HOST": "127.0.0.1", "PAASTIS_STATE_DIR": str(tmp_path / "state")}
+    paastis = instance({**env, "MAX_CONNECTIONS_OF_SOMETHING_ELSE": "3", "PAASTIS_ALLOW_UNKNOWN_SETTINGS": "true"})
+    wait_until(lambda: "paastis ready:" in paastis.text(), 30, what="the summary line")
+
+
+def test_a_rule_matching_no_app_and_a_missing_file_are_said_once(tmp_path, instance):
+    port = free_port()
+    blog, _ = local_app(tmp_path, "blog")
+    write_config(tmp_path, [blog], [{"pattern": "blgo", "app_max_idle_time": 5}, {"pattern": "blog"}])
+    env = {"PORT": str(port), "HOST": "127.0.0.1", "PAASTIS_STATE_DIR": str(tmp_path / "state")}
+    paastis = instance(env)
+    wait_until(lambda: "paastis ready:" in paastis.text(), 30, what="the summary line")
+    warned = [line for line in paastis.text().splitlines() if "matches none of the apps" in line]
+    assert len(warned) == 1 and "rule #0 (pattern 'blgo')" in warned[0] and "(blog)" in warned[0]
+    paastis.stop()
+    wait_until(lambda: not port_open(port), 10, what="the port to close")
+
+    (tmp_path / "paastis.yml").unlink()
+    bare = instance(env)
+    wait_until(lambda: "paastis ready:" in bare.text(), 30, what="the summary line")
+    said = [line for line in bare.text().splitlines() if "running with no rules" in line]
+    assert len(said) == 1 and f"looked for {tmp_path / 'paastis.yml'}" in said[0]
 
 
 def test_errors_name_the_actual_config_file(tmp_path):

@@ -69,6 +69,7 @@ class IdleCheck:
         self._stopping: set[str] = set()  # queued or under way
         self._futures: set[Future[None]] = set()
         self._lock = threading.Lock()
+        self._rules_checked = False  # rules matching no app are reported at the first listing
         self.last_listing_seconds = 0.0  # how long the last tick waited on the provider's listing
         self.last_own_seconds = 0.0  # and how long its own work took
         self.listings = {"listed": 0, "skipped": 0}  # ticks that listed the provider, and those that did not
@@ -82,6 +83,7 @@ class IdleCheck:
         try:
             apps = self._listing()
             listed_at = time.perf_counter()
+            self._check_rules_once(apps)
             self._decide(apps)
         finally:
             ended = time.perf_counter()
@@ -103,6 +105,18 @@ class IdleCheck:
         self.listings["skipped"] += 1
         self.metrics.idle_check_listings.labels("skipped").inc()
         return self.directory.apps()
+
+    def _check_rules_once(self, apps: list[AppInfo]) -> None:
+        """A rule whose pattern matches no listed app is most likely a typo: say so at the first listing.
+
+        The local provider's apps are known at start-up, where this was said already.
+        """
+        if self._rules_checked:
+            return
+        self._rules_checked = True
+        if self.provider.name != "local":
+            for warning in self.rules.unmatched(tuple(app.key for app in apps)):
+                log.warning(warning)
 
     def is_idle(self, app: AppInfo) -> bool:
         """Idle by its own measure, and not held by a busy app that links to it (read afresh)."""
@@ -195,7 +209,7 @@ class IdleCheck:
             return
         known = app.key in entries
         if status == RUNNING and not known:
-            entries[app.key] = self.journal.registered(app, "idle", ev.APP_REGISTERED)
+            entries[app.key] = self.journal.registered(app, "discovered", ev.APP_REGISTERED)  # found running
         elif status in (STOPPED, FAILED) and known:  # crashed: forgotten, so the next request wakes it
             self.journal.forgotten(app.key, "idle", f"found {status}")
             del entries[app.key]

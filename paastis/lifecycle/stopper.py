@@ -174,7 +174,9 @@ class Stopper:
         if memo:
             self.registry.remember(app.key, memo)
         self._note_stopped(app)
-        self.journal.emit(ev.APP_STOPPED, app.key, reason, duration=time.monotonic() - started)
+        took = time.monotonic() - started
+        log.info("stopped %s after %.2fs", app.key, took)  # the match of a wake's "ready after"
+        self.journal.emit(ev.APP_STOPPED, app.key, reason, duration=took)
         if reason == "idle":
             self.metrics.idle_stops.labels(app.key).inc()
         self.hooks.run_in_background("after_stop", hooks.get("after_stop"), app.name, reason, app.region)

@@ -144,6 +144,11 @@ class LocalProvider:
         duplicates = {name for name in names if names.count(name) > 1}
         if duplicates:
             raise ConfigError(f"{source} apps: duplicate name(s) {', '.join(sorted(duplicates))}")
+        first_at: dict[tuple[str, int], LocalApp] = {}
+        for app in apps:
+            other = first_at.setdefault(app.address, app)
+            if other is not app:  # requests for one would reach the other, and stopping one would stop both
+                raise ConfigError(f"{source} apps: {other.name} and {app.name} share {app.url}: one port per app")
         timeout = settings.provider_operation_timeout("local")
         return cls(apps, settings.state_dir, timeout, Redactor.of(settings.env.values))
 
