@@ -349,12 +349,14 @@ class Settings:
     dashboard_host: str | None = None
     secret_key: str | None = field(default=None, repr=False)
     dashboard_session_hours: float = 12.0
-    threads: int = 32  # PAASTIS_THREADS: gunicorn threads per worker, which the bulkhead default follows
+    threads: int = 32  # PAASTIS_THREADS: gunicorn threads per worker, which MAX_IN_FLIGHT_PER_APP follows
     client_header_timeout: float = 10.0  # seconds to send a whole request head
     client_body_timeout: float = 30.0  # seconds of silence while a request body is read
     upstream_connect_timeout: float = 5.0
     upstream_read_timeout: float = 300.0  # first byte, and each further chunk, of an app's answer
-    max_in_flight_per_app: int = 16  # requests of one app in a worker at once (the bulkhead)
+    max_in_flight_per_app: int = 16  # an app's share of a worker's threads while other apps wait
+    queue_timeout: float = 30.0  # seconds a request may wait in its app's queue for a thread
+    max_queued_per_app: int = 1000  # requests waiting in one app's queue, per worker
     reload_drain_timeout: float = 3600.0  # seconds a worker replaced by a reload keeps serving what it holds
     env: Env = field(default_factory=lambda: Env({}), repr=False, compare=False)
 
@@ -447,6 +449,8 @@ class Settings:
             upstream_read_timeout=env.number("UPSTREAM_READ_TIMEOUT", 300.0),
             max_in_flight_per_app=env.integer("MAX_IN_FLIGHT_PER_APP", max(1, threads // 2)),
             reload_drain_timeout=env.number("PAASTIS_RELOAD_DRAIN_TIMEOUT", 3600.0),
+            queue_timeout=env.number("QUEUE_TIMEOUT", 30.0),
+            max_queued_per_app=env.integer("MAX_QUEUED_PER_APP", 1000),
             host=read_host(env),
             port=env.port("PORT", 3000),
             web_concurrency=env.integer("WEB_CONCURRENCY", 2) if env.is_set("WEB_CONCURRENCY") else None,

@@ -87,6 +87,25 @@ class Metrics:
         self.events_dropped = Counter(
             "paastis_events_dropped", "Events dropped because the spool was full (EVENTS_SPOOL_MAX)", registry=r
         )
+        self.queued_requests = Gauge(
+            "paastis_queued_requests",
+            "Requests waiting in their app's queue for a thread (this worker), by app",
+            ["app"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "paastis_queue_wait_seconds",
+            "Time an app request waited for a thread (0 when one was free)",
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.refused_requests = Counter(
+            "paastis_refused_requests",
+            "Requests refused with 503, by reason: queue_timeout, queue_full, max_websockets, "
+            "max_websockets_per_client",
+            ["reason"],
+            registry=r,
+        )
 
     def provider_call(self, provider: str, operation: str, outcome: str) -> None:
         self.provider_calls.labels(provider, operation, outcome).inc()

@@ -26,7 +26,6 @@ from urllib3.exceptions import NewConnectionError, ProtocolError
 from urllib3.util import SKIP_HEADER
 from urllib3.util.url import _encode_target
 
-from .bulkhead import Bulkhead
 from .config import DEFAULT_FORWARDED_ALLOW_IPS
 from .forwarding import FORWARDING_HEADERS, TrustedFronts
 from .lifecycle import Lifecycle, WakeError
@@ -59,7 +58,6 @@ NOT_FORWARDED = frozenset({"host", "content-length", "x-forwarded-host"})
 NOT_RETURNED = frozenset({"date", "server"})
 CHUNK = 64 * 1024
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})  # retried once when the app hangs up before answering
-BUSY_RETRY_AFTER = 1  # seconds a client is asked to wait when its app has too many requests in flight
 VIA = "1.1 paastis"  # RFC 9110 §7.6.3; also how paastis recognises a request it already proxied
 ABSOLUTE_FORM = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 
@@ -112,7 +110,6 @@ class Proxy:
         *,
         connect_timeout: float = 5.0,
         read_timeout_of: Callable[[str], float] = lambda key: 300.0,
-        bulkhead: Bulkhead | None = None,
         domains: tuple[str, ...] = (),
         trusted: TrustedFronts | None = None,
     ):
@@ -122,7 +119,6 @@ class Proxy:
         self.wake_strategy_of = wake_strategy_of
         self.connect_timeout = connect_timeout
         self.read_timeout_of = read_timeout_of  # UPSTREAM_READ_TIMEOUT, or the app's rule
-        self.bulkhead = bulkhead or Bulkhead(16)
         self.session = requests.Session()
         self.session.trust_env = False  # no proxies or .netrc credentials from the environment
         self.session.verify = ca_bundle or True  # upstream TLS is verified; REQUESTS_CA_BUNDLE still applies
@@ -406,50 +402,16 @@ def _serve_key(
     screened = gate.screen(request, app, lambda: _awake(lifecycle, app)) if gate is not None else None
     if screened is not None and screened is not PASSIVE:
         return screened
-    if not proxy.bulkhead.enter(app.key):
-        proxy.metrics.proxied_requests.labels(app.key, "503").inc()
-        return busy_response(app.key, proxy.bulkhead)
     if screened is PASSIVE:  # proxied, but leaves no trace in the registry: the idle timer runs on
-        return _serve_passive(lifecycle, proxy, app)
-    try:
-        token = registry.begin_request(app.key)
-    except BaseException:
-        proxy.bulkhead.leave(app.key)
-        raise
+        return forward(lifecycle, proxy, app, wake=False)
+    token = registry.begin_request(app.key)
     try:
         response = _serve_app(lifecycle, proxy, registry, app)
     except BaseException:
-        _end(proxy, registry, app.key, token)
+        registry.end_request(app.key, token)
         raise
     proxy.metrics.proxied_requests.labels(app.key, str(response.status_code)).inc()
-    response.call_on_close(lambda: _end(proxy, registry, app.key, token))
-    return response
-
-
-def _serve_passive(lifecycle: Lifecycle, proxy: Proxy, app: AppInfo) -> Response:
-    try:
-        response = forward(lifecycle, proxy, app, wake=False)
-    except BaseException:
-        proxy.bulkhead.leave(app.key)
-        raise
-    response.call_on_close(lambda: proxy.bulkhead.leave(app.key))
-    return response
-
-
-def _end(proxy: Proxy, registry: Any, key: str, token: object) -> None:
-    try:
-        registry.end_request(key, token)
-    finally:
-        proxy.bulkhead.leave(key)
-
-
-def busy_response(key: str, bulkhead: Bulkhead) -> Response:
-    """The bulkhead is full for this app: answer at once, so the thread goes back to the other apps."""
-    limit = bulkhead.limit
-    if bulkhead.should_warn(key):
-        log.warning("app %s already has %d requests in flight (MAX_IN_FLIGHT_PER_APP): answering 503", key, limit)
-    response = error_response(503, f"app {key!r} is busy: {limit} requests are already waiting on it; retry shortly")
-    response.headers["Retry-After"] = str(BUSY_RETRY_AFTER)
+    response.call_on_close(lambda: registry.end_request(app.key, token))
     return response
 
 

@@ -40,6 +40,7 @@ RULE_FIELDS = {
     "passive_answer",
     "cost_per_month",
     "upstream_read_timeout",
+    "queue_timeout",
 }
 PASSIVE_ANSWERS = (503, 200)
 # Keys of the original paastis's sample file that never had an effect there: accepted, with a warning.
@@ -69,6 +70,7 @@ class AppPolicy:
     passive_answer: int = 503
     cost_per_month: float | None = None  # in PAASTIS_CURRENCY; None: from the price table
     upstream_read_timeout: float = 300.0  # seconds: the app's first byte, and each further chunk
+    queue_timeout: float = 30.0  # seconds a request may wait in the app's queue for a thread
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,9 @@ def _check_rule(index: int, raw: Any, source: str) -> Rule:
     read_timeout = values.get("upstream_read_timeout")
     if read_timeout is not None and not _positive_number(read_timeout):
         raise ConfigError(f"{where}: upstream_read_timeout must be a number of seconds > 0")
+    queue_timeout = values.get("queue_timeout")
+    if queue_timeout is not None and not _positive_number(queue_timeout):
+        raise ConfigError(f"{where}: queue_timeout must be a number of seconds > 0")
     linked = values.get("linked_apps")
     if linked is not None and not (isinstance(linked, list) and all(isinstance(x, str) for x in linked)):
         raise ConfigError(f"{where}: linked_apps must be a list of app names")
@@ -287,6 +292,7 @@ class Rules:
             passive_answer=merged.get("passive_answer", 503),
             cost_per_month=merged.get("cost_per_month"),
             upstream_read_timeout=float(merged.get("upstream_read_timeout", self.settings.upstream_read_timeout)),
+            queue_timeout=float(merged.get("queue_timeout", self.settings.queue_timeout)),
         )
 
     def _schedule(self, merged: dict[str, Any]) -> AppSchedule | None:

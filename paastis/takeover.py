@@ -4,7 +4,7 @@ After a ``101 Switching Protocols`` the connection no longer speaks HTTP: gunico
 neither write a response on it, nor keep it alive for another request, nor close it.
 gthread has no such state (only its own HTTP/2 upgrade), so this mixin adds one. The app
 finds ``environ["paastis.takeover"]`` and calls it with a *handoff*: once the app's response
-is closed (so everything the request held, such as its bulkhead place, is given back), the
+is closed (so everything the request held, such as its in-flight count, is given back), the
 handoff gets the client socket and the bytes the client already sent past its request, and
 from then on the socket is the app's:
 

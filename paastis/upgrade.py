@@ -183,7 +183,7 @@ class Upgrades:
             return error_response(502, f"app {app.key!r} switched to {chosen or 'nothing'!r}, which was not asked for")
 
         def handoff(client: socket.socket, pending: bytes) -> None:
-            """Runs once this request is over (its bulkhead place and in-flight count given back)."""
+            """Runs once this request is over (its in-flight count given back)."""
             try:
                 self.relay.adopt(
                     app.key,

@@ -15,7 +15,6 @@ from flask import Flask
 from gunicorn.http.errors import NoMoreData, ParseException
 
 from . import logs, startup
-from .bulkhead import Bulkhead
 from .cli import cli
 from .config import ConfigError, Settings
 from .dashboard import Dashboard, init_dashboard
@@ -164,7 +163,6 @@ def create_app(
         ca_bundle,
         connect_timeout=settings.upstream_connect_timeout,
         read_timeout_of=lambda key: rules.policy(key).upstream_read_timeout,
-        bulkhead=Bulkhead(settings.max_in_flight_per_app),
         domains=settings.domains,
         trusted=TrustedFronts(settings.forwarded_allow_ips),
     )

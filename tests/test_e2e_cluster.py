@@ -49,8 +49,7 @@ def leaders(instances) -> list:
 def test_one_registry_and_one_start_for_40_requests_over_two_instances(tmp_path, gunicorn_factory, shared, raw, prefix):
     app, _ = local_app(tmp_path, BOOT_DELAY=1)
     write_config(tmp_path, [app])
-    wide = {**shared, "MAX_IN_FLIGHT_PER_APP": "40"}  # every request may wait for the wake (no bulkhead here)
-    one, two = gunicorn_factory(wide, name="one"), gunicorn_factory(wide, name="two")
+    one, two = gunicorn_factory(shared, name="one"), gunicorn_factory(shared, name="two")  # default settings
     with ThreadPoolExecutor(40) as pool:
         codes = list(pool.map(lambda i: (one, two)[i % 2].get("/echo").status_code, range(40)))
     assert codes == [200] * 40
