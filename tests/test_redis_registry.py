@@ -379,3 +379,63 @@ def test_an_in_flight_set_expires_by_itself(make, prefix, raw):
         assert 0 < raw.pttl(f"{prefix}registry:inflight:a") <= 31_000
     finally:
         registry.end_request("a", token)
+
+
+@pytest.mark.parametrize("shift", [60.0, -60.0])
+def test_a_host_clock_60s_off_hides_no_request_in_flight(make, shift):
+    """In-flight entries expire on Redis's clock (TIME): hosts whose clocks disagree by a minute still see
+    each other's requests, whichever of them is off (the serving one, or the leader that asks)."""
+    skewed = make(in_flight_ttl=2.0, flush_interval=0.1, clock=lambda: time.time() + shift)
+    right = make(in_flight_ttl=2.0, flush_interval=0.1)
+    skewed.register(an_app("a", minutes_ago=60))
+    right.register(an_app("b", minutes_ago=60))
+    tokens = [skewed.begin_request("a"), right.begin_request("b")]
+    deadline = time.monotonic() + 5  # more than two TTLs: renewals are scored on Redis's clock too
+    while time.monotonic() < deadline:
+        assert right.in_flight("a") == 1 and right.last_look(["a"])["a"].in_flight == 1
+        assert skewed.in_flight("b") == 1 and skewed.last_look(["b"])["b"].in_flight == 1
+        time.sleep(0.1)
+    skewed.end_request("a", tokens[0])
+    right.end_request("b", tokens[1])
+    wait_until(lambda: right.in_flight("a") == 0 and skewed.in_flight("b") == 0, 5, what="the entries to retire")
+
+
+def test_a_request_end_records_its_access_and_leaves_in_flight_in_one_step(make):
+    """Whatever instant the leader looks at, it sees the request in flight or its new last access, never neither."""
+    serving = make(flush_interval=0.05, linger=0.0)
+    leader = make()
+    old = an_app("a", minutes_ago=60)
+    serving.register(old)
+    for _ in range(20):
+        token = serving.begin_request("a")
+        serving.end_request("a", token)
+        seen_neither = False
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            look = leader.last_look(["a"])["a"]
+            assert look.entry is not None
+            fresh = look.entry.last_accessed_at > old.last_accessed_at
+            if look.in_flight == 0 and not fresh:
+                seen_neither = True
+                break
+            if look.in_flight == 0 and fresh:
+                break
+        assert not seen_neither
+        old = look.entry
+
+
+def test_a_memo_remembered_while_redis_is_down_reaches_it_once_it_answers(tmp_path):
+    server = RedisServer(tmp_path).start()
+    one = RedisRegistry(RedisLink(server.url, "p:", 0.3, retry_after=0.1), flush_interval=0.1)
+    two = RedisRegistry(RedisLink(server.url, "p:", 0.3, retry_after=0.1), flush_interval=0.1)
+    try:
+        server.stop()
+        one.remember("shop", {"formation": [{"type": "web", "quantity": 2}]})
+        assert one.recall("shop") == {"formation": [{"type": "web", "quantity": 2}]}  # degraded: its own copy
+        server.start()  # empty
+        wait_until(lambda: two.recall("shop") is not None, 10, what="the memo to reach Redis")
+        assert two.recall("shop") == {"formation": [{"type": "web", "quantity": 2}]}
+    finally:
+        one.close()
+        two.close()
+        server.stop()
