@@ -127,6 +127,7 @@ class _Activity:
     published_until: float = 0.0  # monotonic time our in-flight entry in Redis is sure to live until (0: none)
     last_end: float = 0.0  # monotonic time the last request ended
     touched_at: datetime | None = None  # an access not yet written to Redis
+    last_access: datetime | None = None  # the latest access here, written or not (a stop's last look needs it)
 
 
 class RedisRegistry:
@@ -204,7 +205,9 @@ class RedisRegistry:
         """Note an access; the flusher writes it within a second (one write per app and second)."""
         now = self.now()
         with self._lock:
-            self._activity.setdefault(key, _Activity()).touched_at = now
+            activity = self._activity.setdefault(key, _Activity())
+            activity.touched_at = now
+            activity.last_access = max(now, activity.last_access or now)
             self._touch_locally(key, now)
         self._ensure_thread()
 
@@ -233,6 +236,7 @@ class RedisRegistry:
             activity.count = max(0, activity.count - 1)
             activity.last_end = time.monotonic()
             activity.touched_at = max(when, activity.touched_at or when)
+            activity.last_access = max(when, activity.last_access or when)
             self._touch_locally(key, when)
 
     def in_flight(self, key: str) -> int:
@@ -256,7 +260,11 @@ class RedisRegistry:
         """Entries and requests in flight (here and elsewhere), fresh from Redis at one instant, or Degraded."""
         looks = self.link.must(lambda: self._look(keys))
         here = self._here(keys)
-        return {key: Look(look.entry, look.in_flight + here[key]) for key, look in looks.items()}
+        with self._lock:
+            accessed = {k: a.last_access for k in keys if (a := self._activity.get(k)) and a.last_access}
+        return {
+            key: Look(_later(look.entry, accessed.get(key)), look.in_flight + here[key]) for key, look in looks.items()
+        }
 
     # -- memos ------------------------------------------------------------------
 
@@ -530,6 +538,13 @@ class RedisRegistry:
 
 
 SCRIPTS = {"touch": TOUCH_SCRIPT, "publish": PUBLISH_SCRIPT, "retire": RETIRE_SCRIPT, "look": LOOK_SCRIPT}
+
+
+def _later(entry: RunningApp | None, accessed: datetime | None) -> RunningApp | None:
+    """``entry`` with this instance's own latest access, if Redis lacks it yet (flushed within a second)."""
+    if entry is None or accessed is None or accessed <= entry.last_accessed_at:
+        return entry
+    return replace(entry, last_accessed_at=accessed)
 
 
 def _date(when: datetime) -> str:
