@@ -9,11 +9,14 @@ paastis shuts down, or the app dies under an open connection.
 
 Activity: a connection that carries bytes counts as a request in flight in the registry
 (and its traffic records accesses, at most once a second per app); once it has been quiet
-for its idle timeout it stops counting, so a forgotten tab cannot keep an app awake.
+for its idle timeout it stops counting, so a forgotten tab cannot keep an app awake. The loop
+never calls the registry itself (a Redis round trip would hold every connection): it queues
+what happened for :class:`~paastis.bookkeeping.Bookkeeper`, which tells the registry in batches.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import selectors
 import socket
@@ -25,6 +28,7 @@ from datetime import UTC, datetime
 from queue import Empty, SimpleQueue
 from typing import Any
 
+from .bookkeeping import Bookkeeper
 from .registry import Registry
 from .websocket import GOING_AWAY, FrameTracker, close_frame
 
@@ -69,7 +73,7 @@ class Tunnel:
         self.client = End(client, masked=False, websocket=websocket)
         self.upstream = End(upstream, masked=True, websocket=websocket)
         self.client.peer, self.upstream.peer = self.upstream, self.client
-        self.token: object | None = token  # the registry's in-flight token while the connection counts
+        self.token: object | None = token  # set (to this tunnel's ref, see Bookkeeper) while the connection counts
         self.last_traffic = time.monotonic()
         self.last_traffic_at = time.time()
         self.deadline: float | None = None  # once ending: closed at this time however far it got
@@ -118,6 +122,8 @@ class Relay:
         max_connections: int,
     ):
         self.registry = registry
+        self.bookkeeper = Bookkeeper(registry)  # registry calls, off the selector thread
+        self._refs = itertools.count(1)  # one ref per counting period of a connection (never reused, unlike id())
         self.metrics = metrics
         self.idle_timeout_of = idle_timeout_of  # seconds a quiet connection still counts, per app
         self.max_connections = max_connections
@@ -167,8 +173,10 @@ class Relay:
         ``to_upstream`` what the client sent after its request: all go out first. A passive
         visitor's connection (``counts=False``) is relayed, but never counts as activity.
         """
-        token = self.registry.begin_request(app) if counts else None
-        tunnel = Tunnel(app, client, upstream, websocket, token)
+        tunnel = Tunnel(app, client, upstream, websocket, None)
+        if counts:  # a request thread: it may wait on the registry, the selector loop never does
+            tunnel.token = next(self._refs)
+            self.bookkeeper.adopted(tunnel.token, self.registry.begin_request(app))
         tunnel.counts = counts
         tunnel.client.out += head
         tunnel.deliver(tunnel.client, to_client)
@@ -208,6 +216,7 @@ class Relay:
         if self._thread is None:
             self._wake_r.close()
             self._wake_w.close()
+            self.bookkeeper.close()
             return
         if total:
             log.info("closing %d upgraded connection(s): paastis is shutting down", total)
@@ -216,6 +225,7 @@ class Relay:
             self._lock.wait_for(lambda: not any(self._open.values()), timeout)
         self._call(self._stop_loop)
         self._thread.join(timeout=2)
+        self.bookkeeper.close()  # the ends of the connections just closed reach the registry
 
     # -- the loop -----------------------------------------------------------------
 
@@ -414,16 +424,17 @@ class Relay:
         tunnel.last_traffic = now
         tunnel.last_traffic_at = time.time()
         if tunnel.token is None:
-            tunnel.token = self.registry.begin_request(tunnel.app)
+            tunnel.token = next(self._refs)
+            self.bookkeeper.begin(tunnel.app, tunnel.token)
         if now - self._touched.get(tunnel.app, 0.0) >= TOUCH_INTERVAL:
             self._touched[tunnel.app] = now
-            self.registry.touch(tunnel.app)
+            self.bookkeeper.touch(tunnel.app)
 
     def _stop_counting(self, tunnel: Tunnel) -> None:
         token, tunnel.token = tunnel.token, None
         if token is not None:
             accessed = datetime.fromtimestamp(tunnel.last_traffic_at, UTC)
-            self.registry.end_request(tunnel.app, token, accessed_at=accessed)
+            self.bookkeeper.end(tunnel.app, token, accessed)  # type: ignore[arg-type]
 
     def _is_open(self, tunnel: Tunnel) -> bool:
         return tunnel.client.sock in self._tunnels
