@@ -343,6 +343,22 @@ def operate(api: AdminApi, name: str, operation: str, as_json: bool) -> None:
     emit(app, as_json, lambda a: f"{a['name']} is {a['status']} ({after} {seconds(took)})")
 
 
+@cli.group()
+def sessions() -> None:
+    """The dashboard's sessions."""
+
+
+@sessions.command("revoke")
+@click.option("--all", "everyone", is_flag=True, help="every session (required: sessions are not listed)")
+@remote_options
+def revoke(everyone: bool, url: str | None, token: str | None, timeout: float, as_json: bool) -> None:
+    """End dashboard sessions at once: copies of their cookies open nothing any more."""
+    if not everyone:
+        raise click.UsageError("say --all: paastis sessions revoke --all")
+    data = admin(url, token, timeout).call("DELETE", "/sessions")
+    emit(data, as_json, lambda d: f"{d['revoked']} dashboard session(s) revoked")
+
+
 @cli.command()
 @click.option("--app", help="only this app's events")
 @click.option("--type", "kind", help="only events of this type (e.g. APP_STARTED)")

@@ -31,6 +31,7 @@ from .proxy import is_system_request
 from .registry import utcnow
 from .reloads import Outcome
 from .routing import is_valid_app_key
+from .sessions import SessionsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -73,22 +74,38 @@ def presented_token() -> str | None:
 
 @bp.before_app_request
 def authenticate() -> Response | None:
-    """Runs after the proxy's hook, which only lets system requests through to routing."""
+    """Runs after the proxy's hook, which only lets system requests through to routing.
+
+    Guessing is braked by the instance's one :class:`~paastis.throttle.TokenThrottle`, shared
+    with the dashboard's sign-in: a wrong token is answered late, and an address with too many
+    failures in a row gets 429 without its token being looked at.
+    """
     if not is_system_request(request):
         return None
-    expected = _paastis().settings.system_api_token or ""
+    paastis = _paastis()
+    address = paastis.proxy.trusted.client_address(request.environ) or "-"
+    wait = paastis.throttle.retry_after(address)
+    if wait is not None:
+        log.warning("system API: refused %s %s from %s: too many failures (%.0fs left)", request.method,
+                    request.path, address, wait)  # fmt: skip
+        response = error(429, f"too many wrong tokens from your address: try again in {wait:.0f} seconds")
+        response.headers["Retry-After"] = str(int(wait) + 1)
+        return response
+    expected = paastis.settings.system_api_token or ""
     token = presented_token()
     if token is None or not expected or not hmac.compare_digest(token.encode(), expected.encode()):
         log.warning(
             "system API: refused %s %s from %s: %s token",
             request.method,
             request.path,
-            request.remote_addr,
+            address,
             "missing" if token is None else "wrong",
         )
+        paastis.throttle.failed(address)  # answers late: guessing is slow
         response = error(401, "wrong or missing system API token")
         response.headers["WWW-Authenticate"] = 'Bearer realm="paastis"'
         return response
+    paastis.throttle.succeeded(address)
     return None
 
 
@@ -346,6 +363,18 @@ def type_param(raw: str | None) -> str | None:
     if raw.upper() not in ev.EVENT_TYPES:
         raise ApiError(400, f"type must be one of {', '.join(ev.EVENT_TYPES)}")
     return raw.upper()
+
+
+@bp.delete("/sessions")
+def revoke_sessions() -> Response:
+    """End every dashboard session (``paastis sessions revoke --all``): copies of their cookies open nothing."""
+    sessions = _paastis().sessions
+    try:
+        count = sessions.revoke_all() if sessions is not None else 0
+    except SessionsUnavailable as exc:
+        raise ApiError(503, f"sessions could not be revoked: {exc}") from None
+    log.warning("system API: every dashboard session revoked (%d)", count)
+    return jsonify(revoked=count)
 
 
 @bp.get("/events")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
@@ -37,9 +37,11 @@ from .rules import Rules, load_config_file
 from .savings import Savings
 from .schedule_runner import ScheduleRunner
 from .secrecy import Redactor, base_environment, passthrough
+from .sessions import Sessions, build_sessions
 from .sleep_gate import SleepGate
 from .supervisor import Leadership, SoleLeader, Supervisor
 from .system_api import bp as system_api_blueprint
+from .throttle import TokenThrottle
 from .upgrade import Upgrades
 from .waiting import WaitingRoom, duration
 from .wake_times import WakeTimes
@@ -78,6 +80,8 @@ class Paastis:
     dashboard: Dashboard | None = None  # only with PAASTIS_DASHBOARD_HOST
     redis_link: RedisLink | None = None  # the one Redis connection state, shared by everything using Redis
     routes: Routes | None = None  # routes: in paastis.yml, looked at before first-label routing
+    throttle: TokenThrottle = field(default_factory=TokenThrottle)  # one brake on guessing the admin token
+    sessions: Sessions | None = None  # the dashboard's sessions, revocable (registry-side identity)
 
     def close(self) -> None:
         """Stop the supervisor and release sessions; tests build and close many instances."""
@@ -187,6 +191,8 @@ def create_app(
         savings,
         redis_link=redis_link,
         routes=Routes(config.get("routes"), str(settings.config_file)),
+        throttle=TokenThrottle(link=getattr(registry, "link", None)),
+        sessions=build_sessions(settings.system_api_token, settings.secret_key, getattr(registry, "link", None)),
     )
     app.cli.add_command(cli)
     app.add_template_filter(duration)
@@ -196,7 +202,7 @@ def create_app(
     if settings.system_api_enabled:
         app.register_blueprint(system_api_blueprint)
     if settings.dashboard_host:
-        paastis.dashboard = init_dashboard(app, settings, wake_times)
+        paastis.dashboard = init_dashboard(app, settings, wake_times, paastis.throttle)
     if start_supervisor:
         supervisor.start()
     listed = tuple(app.key for app in provider.list_apps()) if provider.name == "local" else None

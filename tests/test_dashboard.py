@@ -11,6 +11,7 @@ import pytest
 from paastis import create_app
 from paastis.config import ConfigError, Settings
 from paastis.events import Event
+from tests.redis_support import SHARED_URL
 from tests.support import close_in_process, local_app, wait_until, write_config
 
 TOKEN = "dashboard-token-0123456789"
@@ -176,10 +177,11 @@ def test_a_session_ends_after_its_hours(build):
     expires = re.search(r"Expires=([^;]+)", cookie).group(1)
     assert time.strptime(expires, "%a, %d %b %Y %H:%M:%S GMT").tm_hour == time.gmtime(time.time() + 7200).tm_hour
     serializer = app.session_interface.get_signing_serializer(app)
-    old = serializer.dumps({"signed_in_at": time.time() - 2 * 3600 - 5, "csrf": "t", "_permanent": True})
+    sid = serializer.loads(cookie.split(";")[0].split("=", 1)[1])["sid"]  # the live session's registry id
+    old = serializer.dumps({"signed_in_at": time.time() - 2 * 3600 - 5, "sid": sid, "csrf": "t", "_permanent": True})
     client.set_cookie("paastis_dashboard", old, domain=HOST)
     assert get(client, "/dashboard/").status_code == 302  # signed by us, but too old
-    fresh = serializer.dumps({"signed_in_at": time.time() - 60, "csrf": "t", "_permanent": True})
+    fresh = serializer.dumps({"signed_in_at": time.time() - 60, "sid": sid, "csrf": "t", "_permanent": True})
     client.set_cookie("paastis_dashboard", fresh, domain=HOST)
     assert get(client, "/dashboard/").status_code == 200
 
@@ -222,11 +224,38 @@ def test_the_next_page_is_only_ever_a_dashboard_page(client):
 
 
 def test_sign_out_ends_the_session(client):
-    sign_in(client)
+    cookie = cookie_header(sign_in(client)).split(";")[0].split("=", 1)[1]
     token = csrf_of(get(client, "/dashboard/"))
     out = post(client, "/dashboard/sign-out", {"csrf_token": token})
     assert out.status_code == 303 and out.headers["Location"] == "/dashboard/sign-in"
     assert get(client, "/dashboard/").status_code == 302
+    client.set_cookie("paastis_dashboard", cookie, domain=HOST)  # a copy taken before sign-out
+    assert get(client, "/dashboard/").status_code == 302
+
+
+def test_a_signed_cookie_without_a_live_session_is_refused(build):
+    app = build()
+    serializer = app.session_interface.get_signing_serializer(app)
+    client = app.test_client()
+    made_up = serializer.dumps({"signed_in_at": time.time(), "sid": "made-up", "csrf": "t", "_permanent": True})
+    client.set_cookie("paastis_dashboard", made_up, domain=HOST)  # what anyone holding the secret key could sign
+    assert get(client, "/dashboard/").status_code == 302
+
+
+def test_sessions_in_redis_end_when_the_token_changes_or_all_are_revoked(build, prefix):
+    shared = {"REGISTRY_TYPE": "redis", "REGISTRY_REDIS_URL": SHARED_URL, "REGISTRY_REDIS_PREFIX": prefix}
+    first = build(**shared, ROUTING_SYSTEM_API_ENABLED="true")
+    client = first.test_client()
+    cookie = cookie_header(sign_in(client)).split(";")[0].split("=", 1)[1]
+    same = build(**shared).test_client()  # another instance, same secrets: the session is shared
+    same.set_cookie("paastis_dashboard", cookie, domain=HOST)
+    assert get(same, "/dashboard/").status_code == 200
+    rotated = build(**shared, ROUTING_SYSTEM_API_TOKEN="a-new-admin-token-0123456789").test_client()
+    rotated.set_cookie("paastis_dashboard", cookie, domain=HOST)
+    assert get(rotated, "/dashboard/").status_code == 302  # a new admin token ends every session
+    revoked = client.delete("/sessions", headers={"PaastisProxyTarget": "system", "Authorization": f"Bearer {TOKEN}"})
+    assert revoked.status_code == 200 and revoked.get_json() == {"revoked": 1}
+    assert get(client, "/dashboard/").status_code == 302 and get(same, "/dashboard/").status_code == 302
 
 
 def test_wake_and_stop_work_as_plain_forms(client, tmp_path):

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
+
+import requests
 
 from tests.support import echo, local_app, starts, upstream_command, wait_until, write_config
 
@@ -154,3 +160,99 @@ def test_without_paastis_domains_any_domain_routes_and_start_up_says_so(tmp_path
     paastis = gunicorn_factory()
     assert paastis.get("/echo", host="demo.attacker.example").json()["app"] == "demo"
     assert paastis.logs().count("PAASTIS_DOMAINS is not set: any domain routes by its first label") == 1
+
+
+ADMIN = {
+    "ROUTING_SYSTEM_API_ENABLED": "true",
+    "ROUTING_SYSTEM_API_TOKEN": SECRETS["ROUTING_SYSTEM_API_TOKEN"],
+    "PAASTIS_DASHBOARD_HOST": "paastis.localhost",
+    "PAASTIS_SECRET_KEY": SECRETS["PAASTIS_SECRET_KEY"],
+}
+
+
+def admin_call(source: str, port: int, token: str) -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60, source_address=(source, 0))
+    conn.request("GET", "/health", headers={"PaastisProxyTarget": "system", "Authorization": f"Bearer {token}"})
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    return response
+
+
+def test_admin_token_guessing_gets_429_after_5_failures_from_one_address_on_every_door(tmp_path, gunicorn_factory):
+    write_config(tmp_path, [local_app(tmp_path)[0]])
+    paastis = gunicorn_factory(ADMIN)
+    statuses = [admin_call("127.0.0.1", paastis.port, f"guess-{n:02d}-0123456789abcdef").status for n in range(5)]
+    assert statuses == [401] * 5
+    locked = admin_call("127.0.0.1", paastis.port, ADMIN["ROUTING_SYSTEM_API_TOKEN"])  # even the right token
+    assert locked.status == 429 and int(locked.headers["Retry-After"]) > 0
+    assert admin_call("127.0.0.2", paastis.port, ADMIN["ROUTING_SYSTEM_API_TOKEN"]).status == 200  # per address
+
+    browser = requests.Session()  # the dashboard's sign-in shares the brake
+    form = browser.get(paastis.url + "/dashboard/sign-in", headers={"Host": "paastis.localhost"}, timeout=60)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)
+    signed = browser.post(
+        paastis.url + "/dashboard/sign-in",
+        data={"csrf_token": csrf, "token": ADMIN["ROUTING_SYSTEM_API_TOKEN"]},
+        headers={"Host": "paastis.localhost"},
+        allow_redirects=False,
+        timeout=60,
+    )
+    assert signed.status_code == 429 and int(signed.headers["Retry-After"]) > 0
+
+    cli = paastis_command(paastis, "apps")  # and so do the paastis command's calls, which go through the admin API
+    assert cli.returncode == 1 and "429: too many wrong tokens from your address" in cli.stderr
+
+
+def paastis_command(paastis: Any, *args: str) -> subprocess.CompletedProcess:
+    """The ``paastis`` console script against ``paastis``, with the right token."""
+    env = {"PATH": os.environ["PATH"], "PAASTIS_URL": paastis.url}
+    env["ROUTING_SYSTEM_API_TOKEN"] = ADMIN["ROUTING_SYSTEM_API_TOKEN"]
+    command = [str(Path(sys.executable).parent / "paastis"), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def signed_in_browser(paastis: Any) -> tuple[requests.Session, str]:
+    """A requests session signed in to the dashboard, and the CSRF token of its pages."""
+    browser = requests.Session()
+    host = {"Host": "paastis.localhost"}
+    form = browser.get(paastis.url + "/dashboard/sign-in", headers=host, timeout=60)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)
+    data = {"csrf_token": csrf, "token": ADMIN["ROUTING_SYSTEM_API_TOKEN"]}
+    signed = browser.post(
+        paastis.url + "/dashboard/sign-in", data=data, headers=host, allow_redirects=False, timeout=60
+    )
+    assert signed.status_code == 303, signed.text
+    page = browser.get(paastis.url + "/dashboard/", headers=host, allow_redirects=False, timeout=60)
+    assert page.status_code == 200
+    return browser, re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+
+
+def dashboard_with(paastis: Any, cookie: str) -> requests.Response:
+    headers = {"Host": "paastis.localhost", "Cookie": f"paastis_dashboard={cookie}"}
+    return requests.get(paastis.url + "/dashboard/", headers=headers, allow_redirects=False, timeout=60)
+
+
+def test_a_cookie_replayed_after_sign_out_is_refused(tmp_path, gunicorn_factory):
+    write_config(tmp_path, [local_app(tmp_path)[0]])
+    paastis = gunicorn_factory(ADMIN)
+    browser, csrf = signed_in_browser(paastis)
+    copied = browser.cookies["paastis_dashboard"]
+    assert dashboard_with(paastis, copied).status_code == 200  # the copy works while the session lives
+    out = browser.post(
+        paastis.url + "/dashboard/sign-out", data={"csrf_token": csrf}, headers={"Host": "paastis.localhost"},
+        allow_redirects=False, timeout=60,
+    )  # fmt: skip
+    assert out.status_code == 303
+    replayed = dashboard_with(paastis, copied)
+    assert replayed.status_code == 302 and "/dashboard/sign-in" in replayed.headers["Location"]
+
+
+def test_paastis_sessions_revoke_all_ends_every_session(tmp_path, gunicorn_factory):
+    write_config(tmp_path, [local_app(tmp_path)[0]])
+    paastis = gunicorn_factory(ADMIN)
+    cookies = [signed_in_browser(paastis)[0].cookies["paastis_dashboard"] for _ in range(2)]
+    revoked = paastis_command(paastis, "sessions", "revoke", "--all")
+    assert revoked.returncode == 0, revoked.stderr
+    assert revoked.stdout.strip() == "2 dashboard session(s) revoked"
+    assert [dashboard_with(paastis, cookie).status_code for cookie in cookies] == [302, 302]

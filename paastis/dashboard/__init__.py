@@ -18,8 +18,9 @@ from flask import Blueprint, Flask, Response, current_app, redirect, render_temp
 
 from ..config import Settings
 from ..proxy import is_dashboard_request
+from ..throttle import TokenThrottle
 from ..wake_times import WakeTimes
-from .auth import DashboardSessions, SignInThrottle, csrf_ok, csrf_token, signed_in
+from .auth import DashboardSessions, csrf_ok, csrf_token, signed_in
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,11 @@ CONTENT_SECURITY_POLICY = (
 class Dashboard:
     """The dashboard's own collaborators, in the Paastis graph."""
 
-    throttle: SignInThrottle
+    throttle: TokenThrottle  # the instance's one brake on guessing the admin token
     wake_times: WakeTimes
 
 
-def init_dashboard(app: Flask, settings: Settings, wake_times: WakeTimes) -> Dashboard:
+def init_dashboard(app: Flask, settings: Settings, wake_times: WakeTimes, throttle: TokenThrottle) -> Dashboard:
     """Sessions signed with ``PAASTIS_SECRET_KEY``, valid ``PAASTIS_DASHBOARD_SESSION_HOURS`` from sign-in."""
     app.secret_key = settings.secret_key
     app.config.update(
@@ -62,7 +63,7 @@ def init_dashboard(app: Flask, settings: Settings, wake_times: WakeTimes) -> Das
     from . import auth_views, pages  # noqa: F401 - their routes join the blueprint
 
     app.register_blueprint(bp)
-    return Dashboard(SignInThrottle(), wake_times)
+    return Dashboard(throttle, wake_times)
 
 
 def dashboard() -> Dashboard:
@@ -142,7 +143,8 @@ def left(seconds: float) -> str:
 
 
 def client() -> str:
-    return request.remote_addr or "-"
+    """The client's address, as the trusted fronts name it (``FORWARDED_ALLOW_IPS``)."""
+    return current_app.extensions["paastis"].proxy.trusted.client_address(request.environ) or "-"
 
 
 def savings() -> Any:

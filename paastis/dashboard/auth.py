@@ -1,7 +1,9 @@
-"""Who may use the dashboard: sessions, CSRF tokens, and a brake on guessing the token.
+"""Who may use the dashboard: sessions and CSRF tokens (the brake on guessing the token is :mod:`paastis.throttle`).
 
 Sessions are Flask's signed cookies (``PAASTIS_SECRET_KEY``), opened only on the
-dashboard's host so that apps' own cookies are never parsed. The cookie is ``HttpOnly``,
+dashboard's host so that apps' own cookies are never parsed. The cookie carries a session id
+that the registry must still hold (:mod:`paastis.sessions`): sign-out, ``paastis sessions
+revoke --all`` and a new admin token or secret key end a session for good, copies included. The cookie is ``HttpOnly``,
 ``SameSite=Strict``, and ``Secure`` when the request came over HTTPS: ``request.is_secure``,
 which is true when gunicorn saw TLS itself or when a front proxy listed in gunicorn's
 ``FORWARDED_ALLOW_IPS`` said ``X-Forwarded-Proto: https`` (from anyone else that header is
@@ -11,15 +13,17 @@ ignored, so a client cannot talk its way into or out of the flag).
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
-import threading
 import time
-from collections import OrderedDict
 
-from flask import Flask, Request, current_app, request, session
+from flask import Flask, Request, current_app, g, request, session
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
 from ..proxy import is_dashboard_request
+from ..sessions import Sessions, SessionsUnavailable
+
+log = logging.getLogger(__name__)
 
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
@@ -35,24 +39,51 @@ class DashboardSessions(SecureCookieSessionInterface):
         return request.is_secure
 
 
+def sessions() -> Sessions:
+    return current_app.extensions["paastis"].sessions
+
+
 def signed_in() -> bool:
-    """A session from a sign-in less than ``PAASTIS_DASHBOARD_SESSION_HOURS`` ago.
+    """A session from a sign-in less than ``PAASTIS_DASHBOARD_SESSION_HOURS`` ago, that the registry still holds.
 
     The signature's own age check covers the cookie; this covers the session inside it,
-    so that no request can stretch it past its hours.
+    so that no request can stretch it past its hours; and the registry's record, so that a
+    session ended by sign-out or revocation stays ended (asked once per request).
     """
-    at = session.get("signed_in_at")
-    if not isinstance(at, int | float):
+    if "paastis_signed_in" not in g:
+        g.paastis_signed_in = _session_alive()
+    return g.paastis_signed_in
+
+
+def _session_alive() -> bool:
+    at, sid = session.get("signed_in_at"), session.get("sid")
+    if not isinstance(at, int | float) or not isinstance(sid, str):
         return False
     lifetime = current_app.permanent_session_lifetime.total_seconds()
-    return 0 <= time.time() - at < lifetime
+    return 0 <= time.time() - at < lifetime and sessions().valid(sid)
 
 
 def sign_in_session() -> None:
+    """A new session: a new id in the registry, a new CSRF token (one seen before sign-in is worthless)."""
+    lifetime = current_app.permanent_session_lifetime.total_seconds()
+    sid = sessions().open(lifetime)
     session.clear()
     session.permanent = True  # the cookie expires with the session, not with the browser
     session["signed_in_at"] = time.time()
-    session["csrf"] = secrets.token_urlsafe(32)  # a new token: one seen before sign-in is worthless
+    session["sid"] = sid
+    session["csrf"] = secrets.token_urlsafe(32)
+    g.paastis_signed_in = True
+
+
+def sign_out_session() -> None:
+    """End this session in the registry, so that no copy of its cookie opens the dashboard again."""
+    sid = session.get("sid")
+    if isinstance(sid, str):
+        try:
+            sessions().revoke(sid)
+        except SessionsUnavailable as error:
+            log.error("dashboard: sign-out could not end the session in the registry (%s)", error)
+    session.clear()
 
 
 def csrf_token() -> str:
@@ -78,54 +109,3 @@ def csrf_ok() -> bool:
 def token_ok(presented: str) -> bool:
     expected = current_app.extensions["paastis"].settings.system_api_token or ""
     return bool(expected) and hmac.compare_digest(presented.encode(), expected.encode())
-
-
-class SignInThrottle:
-    """Failed sign-ins slow down whoever makes them, per client address.
-
-    Each failure is answered after ``delay`` seconds. After ``free`` failures in a row, the
-    address is refused outright (429, no token check) for ``lockout`` seconds, doubling at
-    each further failure up to ``max_lockout``. A success clears the address's record. The
-    record lives in this process (each gunicorn worker keeps its own) and holds at most
-    ``max_clients`` addresses, forgetting the oldest.
-    """
-
-    def __init__(
-        self,
-        delay: float = 1.0,
-        free: int = 5,
-        lockout: float = 30.0,
-        max_lockout: float = 900.0,
-        max_clients: int = 10_000,
-    ):
-        self.delay = delay
-        self.free = free
-        self.lockout = lockout
-        self.max_lockout = max_lockout
-        self.max_clients = max_clients
-        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()  # address -> (count, locked until)
-        self._lock = threading.Lock()
-
-    def retry_after(self, address: str) -> float | None:
-        """Seconds this address must wait before its next try, or None when it may try now."""
-        with self._lock:
-            _, until = self._failures.get(address, (0, 0.0))
-        left = until - time.monotonic()
-        return left if left > 0 else None
-
-    def failed(self, address: str) -> None:
-        with self._lock:
-            count, _ = self._failures.pop(address, (0, 0.0))
-            count += 1
-            until = 0.0
-            if count >= self.free:
-                until = time.monotonic() + min(self.max_lockout, self.lockout * 2 ** (count - self.free))
-            self._failures[address] = (count, until)
-            while len(self._failures) > self.max_clients:
-                self._failures.popitem(last=False)
-        if self.delay:
-            time.sleep(self.delay)
-
-    def succeeded(self, address: str) -> None:
-        with self._lock:
-            self._failures.pop(address, None)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from flask import Response, current_app, flash, redirect, render_template, request, session, url_for
+from flask import Response, current_app, flash, redirect, render_template, request, url_for
 
-from . import bp, dashboard
-from .auth import sign_in_session, token_ok
+from ..sessions import SessionsUnavailable
+from . import bp, client, dashboard
+from .auth import sign_in_session, sign_out_session, token_ok
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,7 @@ def sign_in() -> Response | str:
     if request.method == "GET":
         return render_template("dashboard/sign_in.html", next=target)
     throttle = dashboard().throttle
-    address = request.remote_addr or "-"
+    address = client()
     wait = throttle.retry_after(address)
     if wait is not None:
         log.warning("dashboard: sign-in from %s refused: too many failures (%.0fs left)", address, wait)
@@ -34,14 +35,19 @@ def sign_in() -> Response | str:
         error = "That is not the admin token (ROUTING_SYSTEM_API_TOKEN)."
         return render_template("dashboard/sign_in.html", next=target, error=error), 401
     throttle.succeeded(address)
-    sign_in_session()
+    try:
+        sign_in_session()
+    except SessionsUnavailable as error:
+        log.error("dashboard: sign-in from %s could not open a session: %s", address, error)
+        message = "Sessions cannot be opened right now (the registry does not answer): try again shortly."
+        return render_template("dashboard/sign_in.html", next=target, error=message), 503
     log.info("dashboard: signed in from %s", address)
     return redirect(target, code=303)
 
 
 @bp.post("/sign-out")
 def sign_out() -> Response:
-    session.clear()
+    sign_out_session()
     flash("You are signed out.")
     return redirect(url_for("dashboard.sign_in"), code=303)
 
