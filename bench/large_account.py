@@ -13,6 +13,7 @@ Run from the repository root (each prints its figures; see BENCHMARKS.md)::
     .venv/bin/python -m bench.large_account stops        # stops/min and API calls per stop at 60/min
     .venv/bin/python -m bench.large_account memory       # worker memory, 10,000 apps come and go + 100,000 hosts
     .venv/bin/python -m bench.large_account idle-memory  # an idle instance, master + one worker, vs a bare proxy
+    .venv/bin/python -m bench.large_account budget       # issue 20: the budget by priority, checks every 2 s
 
 Options: ``--redis`` (the Redis registry, under a throwaway prefix), ``--apps``, ``--running``,
 ``--minutes``, ``--hosts``. The figures are noisy on a shared machine: run them twice.
@@ -121,6 +122,10 @@ def _account_main(conn: Any, rate_limit: int) -> None:
                 with server.lock:
                     server.requests.clear()
             conn.send(True)
+        elif command == "budget":  # every regional call so far, the most in any 60 s, and the 429s
+            with platform.lock:
+                total = len(platform.call_times)
+            conn.send((total, platform.most_calls_in_a_window(*args), platform.limit.rejected))
         elif command == "status":
             app = platform.apps.get(args[0])
             conn.send(app.status if app else None)
@@ -361,6 +366,174 @@ def wait(predicate: Any, timeout: float) -> None:
         time.sleep(0.2)
 
 
+# -- issue 20: one budget, spent by priority ------------------------------------------------------
+
+DASHBOARD_HOST = "paastis.localhost"
+ADMIN_TOKEN = "bench-admin-token-0123456789"
+
+
+def bench_budget(args: argparse.Namespace) -> None:
+    """10,000 apps, 300 running, 60 calls/min, idle checks every 2 s, listings counted in the budget.
+
+    1. A quiet account: the wake of a sleeping real app is timed.
+    2. Ten dashboard tabs poll the apps page (every 5 s, as the page's script does) for a minute:
+       the provider calls they add are counted (the supervisor is not running yet: nothing else calls).
+    3. Warm-up: the supervisor starts; the 300 running apps are registered, in use (not idle);
+       their formations are read ahead while the budget has room, up to ``--warmup`` seconds.
+    4. The 300 apps all become idle at once; the crowd of stops is watched for ``--minutes``,
+       and the real app is woken ``--wake-after`` seconds into it.
+    Every regional call of the account is logged by the fake with its time (429s included).
+    """
+    account = Account(rate_limit=60)
+    try:
+        run_budget(account, args)
+    finally:
+        account.close()
+
+
+def run_budget(account: Account, args: argparse.Namespace) -> None:
+    crowd = names("idle", args.running)
+    account.ask("add", names("app", args.apps - args.running - 1), False)
+    account.ask("add", crowd, True)
+    account.ask("add_real", "wake-me")
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {
+            "START_AND_STOP_CHECKING_INTERVAL": "2",
+            "START_AND_STOP_MAX_IDLE_TIME": "30",  # in use during the warm-up; made idle (an hour ago) after
+            "PROVIDER_SCALINGO_RATE_LIMIT": "60",
+            "PROVIDER_OPERATION_TIMEOUT": "120",
+            "STOP_CONCURRENCY": "4",
+            "PAASTIS_DASHBOARD_HOST": DASHBOARD_HOST,
+            "ROUTING_SYSTEM_API_TOKEN": ADMIN_TOKEN,
+            "PAASTIS_SECRET_KEY": "s" * 40,
+            "rules": [{"pattern": "wake-me", "app_max_idle_time": 600}],
+        }
+        app = build_paastis(account, Path(tmp), args.redis, **env)
+        paastis = app.extensions["paastis"]
+        lifecycle = paastis.lifecycle
+        try:
+            wake_me = lifecycle.resolve("wake-me")  # the first listing
+            quiet = timed_wake(lifecycle, wake_me)
+            lifecycle.stop(wake_me, "manual")
+            wait(lambda: account.ask("status", "wake-me") == "stopped", 120)
+            tabs = dashboard_tabs(app, account, tabs=10, seconds=60)
+            began = time.monotonic()
+            warm = warm_up(account, paastis, crowd, args.warmup)
+            crowd_figures = watch_crowd(account, paastis, crowd, wake_me, args)
+            total, most, rejected = account.ask("budget", began)
+            report_budget(args, quiet, tabs, warm, crowd_figures, most, rejected, paastis)
+        finally:
+            paastis.close()
+            drop_redis_prefix(paastis)
+
+
+def dashboard_tabs(app: Any, account: Account, tabs: int, seconds: float) -> dict[str, Any]:
+    """``tabs`` signed-in tabs, each fetching the apps page's rows every 5 s for ``seconds``."""
+    import re
+
+    def signed_in() -> Any:
+        client = app.test_client()
+        form = client.get("/dashboard/sign-in", headers={"Host": DASHBOARD_HOST}).get_data(as_text=True)
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
+        data = {"csrf_token": csrf, "token": ADMIN_TOKEN}
+        client.post("/dashboard/sign-in", data=data, headers={"Host": DASHBOARD_HOST})
+        return client
+
+    clients = [signed_in() for _ in range(tabs)]
+    before = account.ask("budget", 0.0)[0]
+    polls: list[int] = []
+    stop_at = time.monotonic() + seconds
+    headers = {"Host": DASHBOARD_HOST, "X-Requested-With": "paastis-dashboard"}
+
+    def tab(client: Any) -> None:
+        while time.monotonic() < stop_at:
+            asked = time.monotonic()
+            response = client.get("/dashboard/apps/rows", headers=headers)
+            assert response.status_code == 200, response.status_code
+            polls.append(1)
+            time.sleep(max(0.0, 5.0 - (time.monotonic() - asked)))
+
+    threads = [threading.Thread(target=tab, args=(client,)) for client in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"polls": len(polls), "added": account.ask("budget", 0.0)[0] - before}
+
+
+def warm_up(account: Account, paastis: Any, crowd: list[str], limit: float) -> dict[str, Any]:
+    """Idle checks every 2 s while the crowd is in use; formations read ahead with the room left."""
+    before = crowd_calls(account)
+    started = time.monotonic()
+    paastis.supervisor.start()
+    wait(lambda: all(paastis.registry.get(key) is not None for key in crowd), 120)
+    known = 0
+    while time.monotonic() - started < limit:
+        known = sum(1 for key in crowd if paastis.registry.recall(key) is not None)
+        if known == len(crowd):
+            break
+        time.sleep(2)
+    after = crowd_calls(account)
+    return {
+        "seconds": time.monotonic() - started,
+        "known": known,
+        "reads": after["formation"] - before["formation"],
+        "listings": after["listings"] - before["listings"],
+    }
+
+
+def watch_crowd(account: Account, paastis: Any, crowd: list[str], wake_me: Any, args: argparse.Namespace) -> dict:
+    scheduler = paastis.provider.scheduler
+    granted = dict(scheduler.granted)
+    listed = dict(paastis.lifecycle.idle.listings)
+    stops_before = stops_done(paastis)
+    before = crowd_calls(account)
+    crowd_began = time.monotonic()
+    make_idle(paastis, crowd)
+    time.sleep(args.wake_after)
+    queued = sum(1 for key in crowd if paastis.lifecycle.stop_queued(key))
+    during = timed_wake(paastis.lifecycle, wake_me)
+    time.sleep(max(0.0, args.minutes * 60 - (time.monotonic() - crowd_began)))
+    elapsed = time.monotonic() - crowd_began
+    after = crowd_calls(account)
+    return {
+        "elapsed": elapsed,
+        "stops": stops_done(paastis) - stops_before,
+        "calls": {kind: after[kind] - before[kind] for kind in after},
+        "queued_at_wake": queued,
+        "wake": during,
+        "by_class": {k.label: scheduler.granted[k] - granted[k] for k in granted},
+        "listed": {k: paastis.lifecycle.idle.listings[k] - listed[k] for k in listed},
+    }
+
+
+def report_budget(args, quiet, tabs, warm, crowd, most, rejected, paastis) -> None:
+    calls = crowd["calls"]
+    per_stop = (calls["scale"] + calls["formation"] + calls["other"]) / max(1, crowd["stops"])
+    minutes = crowd["elapsed"] / 60
+    print(f"API budget by priority: {args.apps} apps, {args.running} running, 60 calls/min, idle checks every 2 s")
+    print(f"  dashboard: 10 tabs for 60 s, {tabs['polls']} polls of the apps page: {tabs['added']} provider calls")
+    print(
+        f"  warm-up: {warm['seconds']:.0f}s, formations read ahead {warm['reads']} "
+        f"({warm['known']}/{args.running} known), listings {warm['listings']}"
+    )
+    print(
+        f"  crowd: {crowd['stops']} stops in {crowd['elapsed']:.0f}s = {crowd['stops'] / minutes:.1f}/min, "
+        f"{per_stop:.2f} calls per stop ({calls['scale']} scales, {calls['formation']} formation reads, "
+        f"{calls['other']} other calls about these apps)"
+    )
+    print(
+        f"  crowd: listings {calls['listings']} ({crowd['listed']['listed']} ticks listed, "
+        f"{crowd['listed']['skipped']} decided from the last list); calls by class {crowd['by_class']}"
+    )
+    print(f"  most calls received in any 60 s (whole run, from the warm-up): {most}; 429 answers: {rejected}")
+    ratio = crowd["wake"] / quiet if quiet else float("nan")
+    print(
+        f"  wake of a sleeping app: quiet {quiet:.2f}s, during the crowd {crowd['wake']:.2f}s ({ratio:.2f}x), "
+        f"{crowd['queued_at_wake']} stops queued when it was asked"
+    )
+
+
 def bench_memory(args: argparse.Namespace) -> None:
     account = Account(rate_limit=1_000_000)
     batch = 500
@@ -482,7 +655,7 @@ def _answers(port: int) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenario", choices=("tick", "stops", "memory", "idle-memory"))
+    parser.add_argument("scenario", choices=("tick", "stops", "memory", "idle-memory", "budget"))
     parser.add_argument("--redis", action="store_true", help="the Redis registry (127.0.0.1:6379)")
     parser.add_argument("--apps", type=int, default=10_000)
     parser.add_argument("--running", type=int, default=300)
@@ -490,10 +663,16 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=1.0, help="how long the stop crowd is watched")
     parser.add_argument("--wake-after", type=float, default=20.0, help="seconds into the crowd the wake is timed")
     parser.add_argument("--hosts", type=int, default=100_000)
+    parser.add_argument("--warmup", type=float, default=900.0, help="budget: longest warm-up (formations read ahead)")
     args = parser.parse_args()
-    {"tick": bench_tick, "stops": bench_stops, "memory": bench_memory, "idle-memory": bench_idle_memory}[args.scenario](
-        args
-    )
+    scenarios = {
+        "tick": bench_tick,
+        "stops": bench_stops,
+        "memory": bench_memory,
+        "idle-memory": bench_idle_memory,
+        "budget": bench_budget,
+    }
+    scenarios[args.scenario](args)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from .base import (
     ProviderTimeout,
 )
 from .http import ApiClient, RateLimiter, WindowLimiter
-from .priority import in_background
+from .priority import CallClass, current_class, in_background
 from .scheduler import CallScheduler
 
 if TYPE_CHECKING:
@@ -64,6 +64,9 @@ DEFAULT_BEARER_LIFETIME = 3600.0  # documented; used when the JWT carries no rea
 MAX_RENEWAL_MARGIN = 300.0  # renew 5 minutes before expiry, as go-scalingo does
 REFUSED_COOLDOWN = 30.0  # after the API token was refused, fail fast instead of asking again
 FIRST_OPERATION_POLL = 1.0
+# A wake's operation is looked at every half second for its first two seconds (a boot usually ends
+# in that time, and a user waits for it), then less and less often: at most 4 calls in 2 s.
+WAKE_OPERATION_POLLS = (0.5, 0.5, 0.5, 0.5)
 
 
 class ScalingoBearer(requests.auth.AuthBase):
@@ -183,12 +186,18 @@ def rate_limiter(settings: Settings, budget: int, api_token: str, link: RedisLin
 
 
 def warn_if_idle_checks_spend_the_budget(interval: float, regions: int, budget: float) -> None:
-    """Each idle check lists every region; checked too often, wakes would queue behind the listings."""
+    """Each idle check lists every region: checked that often, listings leave little to read formations ahead.
+
+    Listings are the lowest class of the budget: they never delay a wake or a stop (while stops
+    wait, they are spaced out down to one per ``PROVIDER_DIRECTORY_TTL``), but they do take
+    what stops would otherwise use once the crowd is gone, and the room formations are read ahead in.
+    """
     spent = regions * 60 / interval
     if spent > budget / 2:
         log.warning(
             "%s: START_AND_STOP_CHECKING_INTERVAL=%gs makes the idle checks alone spend %.0f of the %.0f "
-            "API requests per minute allowed; wakes will wait for the rest (check less often)",
+            "API requests per minute allowed while nothing else happens; they give way to wakes and stops, "
+            "but leave little room to read formations ahead (check less often)",
             NAME,
             interval,
             spent,
@@ -277,6 +286,10 @@ class ScalingoProvider:
         so that its stop costs one call.
         """
         wanted = formation_from_memo(memo)
+        if wanted is not None and app.status == STOPPED:
+            scaled = self._scale_to_memo(app, wanted)
+            if scaled is not None:
+                return scaled
         current = {c["name"]: c for c in self._formation(app)}
         if wanted is None:
             if memo is not None:
@@ -301,6 +314,23 @@ class ScalingoProvider:
             self._follow(app, self._post(app, "restart", {"scope": None}), "restart")
         # else: already scaled as wanted and booting: the lifecycle waits for it
         return {"containers": [_entry(c) for c in current.values()]}
+
+    def _scale_to_memo(self, app: AppInfo, wanted: list[dict[str, Any]]) -> dict | None:
+        """A stopped app whose formation is remembered: scale straight to it (one call less for the wake).
+
+        None if the platform refuses it (a process type removed since): the caller reads the formation.
+        """
+        changes = [entry for entry in wanted if entry["amount"] > 0]
+        try:
+            response = self._scale_when_settled(app, changes)
+        except ProviderAuthError:
+            raise
+        except ProviderError as error:
+            log.info("%s: the remembered formation of %s is out of date (%s): reading it", NAME, app.key, error)
+            return None
+        self._follow(app, response, "scale")
+        after = _containers(response) or wanted
+        return {"containers": [_entry(c) for c in after]}
 
     def stop(self, app: AppInfo, memo: dict | None = None) -> dict | None:
         """Scale every type that has containers to 0; return the formation it had.
@@ -429,8 +459,9 @@ class ScalingoProvider:
         path = self._path(app, f"/operations/{quote(operation_id, safe='')}")
         deadline = min(time.monotonic() + self.operation_timeout, deadlines.current() or float("inf"))
         delay = FIRST_OPERATION_POLL
+        quick = list(WAKE_OPERATION_POLLS) if current_class() == CallClass.WAKE else []
         while True:
-            time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+            time.sleep(max(0.0, min(quick.pop(0) if quick else delay, deadline - time.monotonic())))
             reply = self._client(app).call("GET", path, "get_operation", app.name, auth=self.bearer)
             operation = _json(reply, "get_operation", app.name).get("operation") or {}
             state = operation.get("status")
@@ -441,7 +472,8 @@ class ScalingoProvider:
                 raise ProviderError(NAME, app.name, f"{what} operation failed: {detail}")
             if time.monotonic() >= deadline:
                 raise ProviderTimeout(NAME, app.name, f"{what} operation still {state} at the operation's deadline")
-            delay = min(delay * 1.5, self.poll_interval)
+            if not quick:
+                delay = min(delay * 1.5, self.poll_interval)
 
 
 def formation_from_memo(memo: Any) -> list[dict[str, Any]] | None:

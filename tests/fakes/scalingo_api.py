@@ -137,6 +137,7 @@ class ScalingoPlatform:
         self.revoked: set[str] = set()
         self.refuse_all_bearers = False  # as when the account is suspended: fresh bearers fail too
         self.issued: list[str] = []
+        self.call_times: list[float] = []  # time.monotonic() of every regional call, 429s included
         self.lock = threading.Lock()
         self._ids = itertools.count(1)
         self.apps: dict[str, FakeScalingoApp] = {}
@@ -196,6 +197,17 @@ class ScalingoPlatform:
 
     def calls(self, method: str, pattern: str) -> int:
         return sum(server.count(method, pattern) for server in self.regions.values())
+
+    def most_calls_in_a_window(self, since: float = 0.0) -> int:
+        """The most regional calls received in any ``window`` seconds (the limit's own window) since ``since``."""
+        with self.lock:
+            times = [t for t in self.call_times if t >= since]
+        most, start = 0, 0
+        for end, at in enumerate(times):
+            while at - times[start] >= self.limit.window:
+                start += 1
+            most = max(most, end - start + 1)
+        return most
 
     def close(self) -> None:
         """Stop everything at once: each server takes up to half a second to notice its shutdown."""
@@ -283,6 +295,8 @@ class FakeScalingoRegion(FakeApiServer):
         self.region = region
 
     def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
+        with self.platform.lock:
+            self.platform.call_times.append(time.monotonic())
         if self.platform.throttled():
             with self.lock:
                 self.requests.append((method, path))
