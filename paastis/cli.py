@@ -137,7 +137,9 @@ def render_apps(data: dict) -> str:
     rows = [
         (
             a["name"],
-            ("starting" if a.get("starting") else a["status"]) + ("" if a.get("managed", True) else " (unmanaged)"),
+            ("starting" if a.get("starting") else a["status"])
+            + ("" if a.get("managed", True) else " (unmanaged)")
+            + (" (stop queued)" if a.get("stop_queued") else ""),
             when(a.get("started_at")),
             seconds(a.get("idle_seconds")),
             f"{a['max_idle_time']:g}m" if a.get("max_idle_time") is not None else None,
@@ -313,10 +315,14 @@ def read_status(path: Path) -> dict[str, Any]:
 
 
 @cli.command()
+@click.option("--refresh", is_flag=True, help="list the provider's apps first (POST /apps/refresh, rate-limited)")
 @remote_options
-def apps(url: str | None, token: str | None, timeout: float, as_json: bool) -> None:
-    """List the apps of a running paastis, with their status."""
-    emit(admin(url, token, timeout).call("GET", "/apps"), as_json, render_apps)
+def apps(refresh: bool, url: str | None, token: str | None, timeout: float, as_json: bool) -> None:
+    """List the apps of a running paastis, with their status (its copy of the provider's list: no API call)."""
+    api = admin(url, token, timeout)
+    if refresh:
+        api.call("POST", "/apps/refresh")
+    emit(api.call("GET", "/apps"), as_json, render_apps)
 
 
 @cli.command()

@@ -48,6 +48,9 @@ def test_apps_start_stop_and_events_drive_a_running_instance(served, tmp_path):
     assert header.split() == ["NAME", "STATUS", "AWAKE", "SINCE", "(UTC)", "IDLE", "MAX", "IDLE", "LINKED"]
     assert row.split()[:2] == ["demo", "stopped"] and "7m" in row
     assert header.index("STATUS") == row.index("stopped")  # aligned columns
+    too_soon = run("apps", "--refresh", **served.cli_env)  # the list above was made a moment ago
+    assert too_soon.returncode == 1
+    assert "POST /apps/refresh: 429: the apps were listed less than 10s ago: try again in" in too_soon.stderr
 
     started = run("start", "demo", **served.cli_env)
     assert started.returncode == 0, started.stderr
