@@ -118,7 +118,7 @@ class RecordingUpstream:
         self.released = threading.Event()
         self._seen: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
 
     def record(self, hit: Hit) -> None:
         with self._lock:

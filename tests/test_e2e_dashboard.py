@@ -214,12 +214,13 @@ def test_readable_on_a_phone_and_a_screenshot_for_the_readme(browser, served, tm
     try:
         sign_in(page, served)
         page.wait_for_selector("tr#app-demo[data-status='running']")
-        overflow = page.evaluate("Math.max(0, document.documentElement.scrollWidth - window.innerWidth)")
-        assert overflow == 0, f"the page is {overflow}px wider than the phone's screen (sideways scrolling)"
-        label = page.evaluate(
+        page.wait_for_load_state("load")  # the stylesheet is applied (a row can be in the DOM before it is)
+        label = (
             "getComputedStyle(document.querySelector('tr#app-demo td[data-label=Status]'), '::before').content"
         )
-        assert label == '"Status"'  # each row is a card of labelled lines
+        page.wait_for_function(f"{label} === '\"Status\"'")  # each row is a card of labelled lines
+        overflow = page.evaluate("Math.max(0, document.documentElement.scrollWidth - window.innerWidth)")
+        assert overflow == 0, f"the page is {overflow}px wider than the phone's screen (sideways scrolling)"
     finally:
         phone.close()
     desktop = browser.new_context(viewport={"width": 1280, "height": 560})
