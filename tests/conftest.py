@@ -33,6 +33,12 @@ E2E_MODULES = {
 # Tests that wake local apps (subprocesses), stop a private Redis or PostgreSQL, or wait out the real
 # clocks of the fake PaaS APIs (rate limits, 429 storms, operation polling, token expiry).
 E2E_TESTS = {
+    "test_bookkeeping.py": {
+        "test_traffic_flows_while_the_registry_waits_on_a_hung_redis",
+    },
+    "test_orderly_ending.py": {
+        "test_shutdown_waits_for_a_stop_under_way_before_closing_provider_and_registry",
+    },
     "test_dashboard.py": {
         "test_a_running_app_counts_down_from_its_last_request",
         "test_an_app_s_schedule_and_next_change_are_shown",
@@ -96,6 +102,8 @@ E2E_TESTS = {
         "test_workers_share_one_budget_in_redis",
     },
     "test_redis_registry.py": {
+        "test_a_host_clock_60s_off_hides_no_request_in_flight",
+        "test_a_request_end_records_its_access_and_leaves_in_flight_in_one_step",
         "test_a_crashed_instance_does_not_pin_an_app_awake",
         "test_a_hung_redis_costs_one_socket_timeout_not_one_per_request",
         "test_a_killed_leader_is_replaced_within_the_ttl",
