@@ -46,9 +46,10 @@ from tests.support import PYTHON, ROOT, free_port, port_open, wait_until, write_
 BENCH = Path(__file__).resolve().parent
 
 
-def start_upstream(procs: Processes) -> int:
+def start_upstream(procs: Processes, name: str) -> int:
+    """One ``bench/fast_upstream.py`` per app (paastis wants one port per app)."""
     port = free_port()
-    procs.start("upstream", [PYTHON, "-m", "bench.fast_upstream", str(port)], clean_env(), port)
+    procs.start(f"upstream-{name}", [PYTHON, "-m", "bench.fast_upstream", str(port)], clean_env(), port)
     return port
 
 
@@ -103,16 +104,19 @@ def throughput(procs: Processes, trees: dict[str, Path], config: Path, args: arg
                 runs.setdefault((name, connections), []).append(raw)
     print(f"\nmachine: {machine()}")
     print(f"wrk: 1 thread, {args.duration} s per run after {args.warmup} s warm-up; median of {args.rounds} rounds\n")
-    print(f"{'tree':<10} {'conns':>5} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'sock err':>8}")
+    print(
+        f"{'tree':<10} {'conns':>5} {'req/s':>8} {'2xx/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'sockerr':>8}"
+    )
     for connections in args.connections:
         for name in ports:
             raws = runs[(name, connections)]
             rps = statistics.median(r["requests"] / (r["duration_us"] / 1e6) for r in raws)
+            ok = statistics.median((r["requests"] - r["non2xx"]) / (r["duration_us"] / 1e6) for r in raws)
             p50 = statistics.median(r["p50"] for r in raws) / 1000
             p99 = statistics.median(r["p99"] for r in raws) / 1000
             non2xx = sum(r["non2xx"] for r in raws)
             sock = sum(r[k] for r in raws for k in ("connect", "read", "write", "timeout"))
-            print(f"{name:<10} {connections:>5} {rps:>8.0f} {p50:>8.2f} {p99:>8.2f} {non2xx:>8} {sock:>8}")
+            print(f"{name:<10} {connections:>5} {rps:>8.0f} {ok:>8.0f} {p50:>8.2f} {p99:>8.2f} {non2xx:>8} {sock:>8}")
 
 
 def one_request(port: int, host: str, path: str, results: list, timeout: float = 120) -> None:
@@ -278,9 +282,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="paastis-queue-bench-") as tmp:
         procs = Processes(Path(tmp))
         try:
-            upstream = start_upstream(procs)
-            url = f"http://127.0.0.1:{upstream}"
-            apps = [{"name": name, "url": url, "start": "true", "stop": "true"} for name in ("fast", "slow", "other")]
+            ports = {name: start_upstream(procs, name) for name in ("fast", "slow", "other")}
+            apps = [
+                {"name": name, "url": f"http://127.0.0.1:{port}", "start": "true", "stop": "true"}
+                for name, port in ports.items()
+            ]
             config = write_config(Path(tmp), apps=apps)
             {"throughput": throughput, "burst": burst, "isolation": isolation}[args.mode](
                 procs, args.trees, config, args

@@ -357,6 +357,7 @@ class Settings:
     max_in_flight_per_app: int = 16  # an app's share of a worker's threads while other apps wait
     queue_timeout: float = 30.0  # seconds a request may wait in its app's queue for a thread
     max_queued_per_app: int = 1000  # requests waiting in one app's queue, per worker
+    max_websockets_per_client: int = 100  # upgraded connections one client address may hold per instance
     reload_drain_timeout: float = 3600.0  # seconds a worker replaced by a reload keeps serving what it holds
     env: Env = field(default_factory=lambda: Env({}), repr=False, compare=False)
 
@@ -451,6 +452,7 @@ class Settings:
             reload_drain_timeout=env.number("PAASTIS_RELOAD_DRAIN_TIMEOUT", 3600.0),
             queue_timeout=env.number("QUEUE_TIMEOUT", 30.0),
             max_queued_per_app=env.integer("MAX_QUEUED_PER_APP", 1000),
+            max_websockets_per_client=env.integer("MAX_WEBSOCKETS_PER_CLIENT", 100),
             host=read_host(env),
             port=env.port("PORT", 3000),
             web_concurrency=env.integer("WEB_CONCURRENCY", 2) if env.is_set("WEB_CONCURRENCY") else None,

@@ -31,6 +31,9 @@ __all__ = [  # what gunicorn reads (``gunicorn.conf.py`` star-imports this modul
     "logconfig_dict",
     "control_socket_disable",
     "forwarded_allow_ips",
+    "on_starting",
+    "post_fork",
+    "child_exit",
     "when_ready",
     "on_reload",
     "on_exit",
@@ -62,6 +65,24 @@ control_socket_disable = True  # one per machine by default: several instances w
 def _address(server):
     host, port = server.LISTENERS[0].getsockname()[:2] if server.LISTENERS else (_settings.host, _settings.port)
     return (_settings.host if host in ("0.0.0.0", "::") else host), port
+
+
+def on_starting(server):
+    """Once per instance, before any worker: the memory its workers share to count WebSockets (paastis.places)."""
+    from paastis.places import SharedTable
+
+    server.paastis_websockets = SharedTable()
+
+
+def post_fork(server, worker):
+    worker.paastis_websockets = getattr(server, "paastis_websockets", None)
+
+
+def child_exit(server, worker):
+    """A worker is gone (ended or killed): so are its WebSockets, and its counts."""
+    table = getattr(server, "paastis_websockets", None)
+    if table is not None:
+        table.free(worker.pid)
 
 
 def when_ready(server):

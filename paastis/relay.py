@@ -29,6 +29,7 @@ from queue import Empty, SimpleQueue
 from typing import Any
 
 from .bookkeeping import Bookkeeper
+from .places import MAX_WEBSOCKETS, LocalPlaces
 from .registry import Registry
 from .websocket import GOING_AWAY, FrameTracker, close_frame
 
@@ -79,6 +80,7 @@ class Tunnel:
         self.deadline: float | None = None  # once ending: closed at this time however far it got
         self.going_away = False
         self.counts = True  # a passive visitor's connection neither wakes nor keeps the app awake
+        self.peer = ""  # the client address its place was booked for (MAX_WEBSOCKETS_PER_CLIENT)
 
     def ends(self) -> tuple[End, End]:
         return self.client, self.upstream
@@ -120,6 +122,7 @@ class Relay:
         metrics: Any,
         idle_timeout_of: Callable[[str], float],
         max_connections: int,
+        places: Any = None,
     ):
         self.registry = registry
         self.bookkeeper = Bookkeeper(registry)  # registry calls, off the selector thread
@@ -127,6 +130,8 @@ class Relay:
         self.metrics = metrics
         self.idle_timeout_of = idle_timeout_of  # seconds a quiet connection still counts, per app
         self.max_connections = max_connections
+        # Places are counted per instance (paastis.places): shared by the workers under gunicorn.
+        self.places = places or LocalPlaces(max_connections, max_connections)
         self._tunnels: dict[socket.socket, tuple[Tunnel, End]] = {}
         self._open: dict[str, int] = {}
         self._reserved = 0
@@ -142,18 +147,25 @@ class Relay:
 
     # -- what request threads and the lifecycle ask --------------------------------
 
-    def reserve(self) -> bool:
-        """Book a place for a connection being set up; False past ``MAX_WEBSOCKETS``."""
-        with self._lock:
-            if self._stopping or sum(self._open.values()) + self._reserved >= self.max_connections:
-                return False
-            self._reserved += 1
-            return True
+    def reserve(self, app: str = "", peer: str = "") -> str | None:
+        """Book a place for a connection of ``app`` from client ``peer`` being set up.
 
-    def release(self) -> None:
+        None when booked; else the limit that refuses it (``max_websockets``, also while stopping,
+        or ``max_websockets_per_client``), counted over the whole instance.
+        """
+        with self._lock:
+            if self._stopping:
+                return MAX_WEBSOCKETS
+            refused = self.places.book(app, peer)
+            if refused is None:
+                self._reserved += 1
+            return refused
+
+    def release(self, app: str = "", peer: str = "") -> None:
         """Give back a place booked by :meth:`reserve` that was not used."""
         with self._lock:
             self._reserved -= 1
+        self.places.release(app, peer)
 
     def adopt(
         self,
@@ -166,6 +178,7 @@ class Relay:
         to_client: bytes = b"",
         to_upstream: bytes = b"",
         counts: bool = True,
+        peer: str = "",
     ) -> None:
         """Take over a connection whose handshake succeeded (uses a place booked by :meth:`reserve`).
 
@@ -178,6 +191,7 @@ class Relay:
             tunnel.token = next(self._refs)
             self.bookkeeper.adopted(tunnel.token, self.registry.begin_request(app))
         tunnel.counts = counts
+        tunnel.peer = peer
         tunnel.client.out += head
         tunnel.deliver(tunnel.client, to_client)
         tunnel.deliver(tunnel.upstream, to_upstream)
@@ -196,8 +210,8 @@ class Relay:
             return sum(self._open.values()) + self._reserved
 
     def open(self, app: str) -> int:
-        """Upgraded connections of ``app`` open in this process."""
-        return self._open.get(app, 0)
+        """Upgraded connections of ``app`` open in this instance (every worker of it)."""
+        return self.places.count(app)
 
     def close_app(self, app: str, timeout: float = CLOSE_GRACE + 1) -> None:
         """Close ``app``'s connections with 1001 "going away" (its app is being stopped); wait for them."""
@@ -462,3 +476,4 @@ class Relay:
                 self._touched.pop(tunnel.app, None)
             self.metrics.websockets_open.labels(tunnel.app).set(count)
             self._lock.notify_all()
+        self.places.release(tunnel.app, tunnel.peer)

@@ -28,6 +28,7 @@ from urllib3.util import SKIP_HEADER
 
 from .forwarding import TrustedFronts
 from .lifecycle import Lifecycle
+from .places import PER_CLIENT
 from .providers import AppInfo
 from .proxy import (
     CHUNK,
@@ -84,16 +85,32 @@ class Upgrades:
         takeover = request.environ.get(TAKEOVER)
         if takeover is None:
             return error_response(501, "upgraded connections need paastis's gunicorn worker (see docs/websockets.md)")
-        if not self.relay.reserve():
-            limit = self.relay.max_connections
-            return error_response(503, f"too many upgraded connections open (MAX_WEBSOCKETS={limit})")
+        peer = proxy.trusted.client_address(request.environ)
+        refused = self.relay.reserve(app.key, peer)
+        if refused is not None:
+            return self._refusal(app, peer, refused)
         try:
-            return self._forward(lifecycle, proxy, app, takeover, wake)
+            return self._forward(lifecycle, proxy, app, takeover, wake, peer)
         finally:
             if not request.environ.get("paastis.upgraded"):
-                self.relay.release()
+                self.relay.release(app.key, peer)
 
-    def _forward(self, lifecycle: Lifecycle, proxy: Proxy, app: AppInfo, takeover: Any, wake: bool) -> Response:
+    def _refusal(self, app: AppInfo, peer: str, refused: str) -> Response:
+        """Past an instance's limit: 503 naming it (counted in ``paastis_refused_requests_total``)."""
+        self.relay.metrics.refused_requests.labels(refused).inc()
+        if refused == PER_CLIENT:
+            limit = self.relay.places.per_client
+            message = f"too many upgraded connections open from {peer} (MAX_WEBSOCKETS_PER_CLIENT={limit})"
+        else:
+            message = f"too many upgraded connections open (MAX_WEBSOCKETS={self.relay.max_connections})"
+        log.warning("upgrade to %s refused: %s", app.key, message)
+        response = error_response(503, message)
+        response.headers["Retry-After"] = "1"
+        return response
+
+    def _forward(
+        self, lifecycle: Lifecycle, proxy: Proxy, app: AppInfo, takeover: Any, wake: bool, peer: str
+    ) -> Response:
         body = request_body(request)
         timeouts = (proxy.connect_timeout, proxy.read_timeout_of(app.key))
         for attempt in (1, 2):
@@ -111,7 +128,7 @@ class Upgrades:
                 continue
             status = status_code(head)
             if status == 101:
-                return self._switch(app, sock, head, rest, takeover, counts=wake)
+                return self._switch(app, sock, head, rest, takeover, counts=wake, peer=peer)
             if wake and attempt == 1 and body is None and lifecycle.router_says_down(app, status):
                 sock.close()
                 log.info("the platform says %s is down: waking it", app.key)
@@ -171,7 +188,7 @@ class Upgrades:
         return sock
 
     def _switch(
-        self, app: AppInfo, sock: socket.socket, head: bytes, rest: bytes, takeover: Any, counts: bool
+        self, app: AppInfo, sock: socket.socket, head: bytes, rest: bytes, takeover: Any, counts: bool, peer: str
     ) -> Response:
         """The app said 101: the client gets it verbatim, and the relay both sockets.
 
@@ -194,10 +211,11 @@ class Upgrades:
                     to_client=rest,
                     to_upstream=pending,
                     counts=counts,
+                    peer=peer,
                 )
             except BaseException:
                 sock.close()
-                self.relay.release()
+                self.relay.release(app.key, peer)
                 raise
             log.debug("%s: %s connection handed to the relay", app.key, chosen)
 

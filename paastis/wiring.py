@@ -27,6 +27,7 @@ from .lifecycle import Lifecycle
 from .marks import InMemoryMarks, Marks, RedisMarks
 from .metrics import Metrics
 from .passive import PassiveVisitors
+from .places import LocalPlaces
 from .providers import Provider, build_provider
 from .proxy import Proxy, client_body_failure
 from .proxy import bp as proxy_blueprint
@@ -131,7 +132,8 @@ def create_app(
     marks = build_marks(registry)
     dry_run = DryRun(registry, events, marks) if settings.dry_run else None
     ca_bundle = settings.env.get("REQUESTS_CA_BUNDLE") or settings.env.get("CURL_CA_BUNDLE")
-    relay = Relay(registry, metrics, websocket_idle_timeout(settings, rules), settings.max_websockets)
+    places = LocalPlaces(settings.max_websockets, settings.max_websockets_per_client)  # shared: paastis.worker
+    relay = Relay(registry, metrics, websocket_idle_timeout(settings, rules), settings.max_websockets, places)
     upgrades = Upgrades(relay, ca_bundle)
     leadership = build_leadership(settings, redis_link)
     lifecycle = Lifecycle(

@@ -62,6 +62,7 @@ from gunicorn.workers.gthread import _DEFER, STOP_KEEPALIVE_LINGER, TConn, Threa
 from . import startup
 from .admission import FULL, QUEUED, RUN, Admission, Waiting
 from .config import Settings
+from .places import SharedPlaces
 from .request_head import ChunkedEnd, Head, app_key, parse_head
 from .takeover import DETACHED, TakeoverMixin
 
@@ -222,6 +223,7 @@ class PaastisWorker(TakeoverMixin, ThreadWorker):
         extensions = getattr(self.wsgi, "extensions", {})
         self.paastis = extensions.get("paastis")
         if self.paastis is not None:
+            self._share_websocket_counts()
             rules, lifecycle = self.paastis.rules, self.paastis.lifecycle
             self.admission.queue_timeout_of = lambda key: rules.policy(key).queue_timeout
             self.admission.waking = lifecycle.starting
@@ -266,6 +268,17 @@ class PaastisWorker(TakeoverMixin, ThreadWorker):
             self.notify()
             time.sleep(0.5)
         self.log.info("paastis: replaced worker %s drained", os.getpid())
+
+    def _share_websocket_counts(self) -> None:
+        """Count WebSockets in the memory gunicorn's master shares with every worker (``post_fork``)."""
+        table = getattr(self, "paastis_websockets", None)
+        if table is None:
+            return  # not started by paastis's gunicorn.conf.py: this worker counts alone
+        relay, settings = self.paastis.upgrades.relay, self.settings
+        try:
+            relay.places = SharedPlaces(table, settings.max_websockets, settings.max_websockets_per_client)
+        except RuntimeError as error:
+            self.log.warning("paastis: %s: this worker counts its WebSockets alone", error)
 
     # -- main loop: accepting and reading heads --------------------------------
 

@@ -7,6 +7,8 @@ generous: these tests prove outcomes (every request answered, the other app answ
 
 from __future__ import annotations
 
+import base64
+import os
 import resource
 import socket
 import threading
@@ -20,7 +22,7 @@ import requests
 
 from tests.recording_upstream import RecordingUpstream
 from tests.redis_support import SHARED_URL
-from tests.support import Gunicorn, local_app, starts, wait_until, write_config
+from tests.support import PYTHON, Gunicorn, free_port, local_app, starts, wait_until, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -219,3 +221,115 @@ def test_thousands_of_lingering_clients_leave_other_apps_answering(paastis_with,
     finally:
         for sock in lingering:
             sock.close()
+
+
+# -- WebSockets: 500 handshakes at once, limits per instance ------------------------------
+
+WS_APP = Path(__file__).resolve().parent / "ws_app.py"
+
+
+def ws_app_config(tmp_path: Path) -> dict:
+    """``tests/ws_app.py`` as a local app (asleep until the first request); it logs each boot."""
+    command = f"START_LOG={tmp_path / 'demo-starts.log'} exec {PYTHON} {WS_APP}"
+    return {"name": "demo", "url": f"http://127.0.0.1:{free_port()}", "command": command}
+
+
+def handshake(port: int, source: str = "127.0.0.1") -> tuple[int, bytes, socket.socket]:
+    """A raw WebSocket handshake from ``source`` (any 127.x address is this machine); status, answer, socket."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=120, source_address=(source, 0))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /echo HTTP/1.1\r\nHost: demo.localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = next(
+        (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
+    )
+    while len(body) < length and (chunk := sock.recv(65536)):
+        body += chunk
+        answer += chunk
+    return (int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0), answer, sock
+
+
+def apps_demo(paastis: Gunicorn) -> dict:
+    headers = {"PaastisProxyTarget": "system", "Authorization": f"Bearer {TOKEN}"}
+    return requests.get(paastis.url + "/apps/demo", headers=headers, timeout=30).json()
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_500_handshakes_at_once_to_a_sleeping_app_all_get_101_after_one_start(
+    tmp_path, gunicorn_factory, prefix, workers
+):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 8192)), hard))
+    write_config(tmp_path, [ws_app_config(tmp_path)])
+    paastis = gunicorn_factory({**workers_env(workers, prefix), **ADMIN})  # default limits: 100 per client
+    if workers > 1:
+        wait_until(lambda: len(paastis.worker_pids()) == workers, 20, what=f"{workers} workers")
+    sources = [f"127.0.0.{2 + i // 50}" for i in range(500)]  # ten clients, 50 connections each
+    barrier = threading.Barrier(500)
+
+    def one(source: str) -> tuple[int, bytes, socket.socket]:
+        barrier.wait(60)
+        return handshake(paastis.port, source)
+
+    with ThreadPoolExecutor(500) as pool:
+        results = list(pool.map(one, sources))
+    try:
+        assert [status for status, _, _ in results] == [101] * 500, next(a for s, a, _ in results if s != 101)
+        assert starts(tmp_path) == 1
+        assert apps_demo(paastis)["websockets"] == 500  # the whole instance, whichever worker answers
+    finally:
+        for _, _, sock in results:
+            sock.close()
+    wait_until(lambda: apps_demo(paastis)["websockets"] == 0, 60, what="every place to be given back")
+
+
+def test_max_websockets_counts_every_worker_of_an_instance(tmp_path, gunicorn_factory, prefix):
+    write_config(tmp_path, [ws_app_config(tmp_path)])
+    paastis = gunicorn_factory({**workers_env(3, prefix), **ADMIN, "MAX_WEBSOCKETS": "4"})
+    wait_until(lambda: len(paastis.worker_pids()) == 3, 20, what="3 workers")
+    opened = [handshake(paastis.port) for _ in range(4)]
+    try:
+        assert [status for status, _, _ in opened] == [101] * 4
+        for _ in range(6):  # whichever worker takes it, the instance is full
+            status, answer, sock = handshake(paastis.port)
+            sock.close()
+            assert status == 503 and b"MAX_WEBSOCKETS=4" in answer
+            assert apps_demo(paastis)["websockets"] == 4
+    finally:
+        for _, _, sock in opened:
+            sock.close()
+    wait_until(lambda: opens(paastis.port), 30, what="places to free up")
+
+
+def opens(port: int) -> bool:
+    status, _, sock = handshake(port)
+    sock.close()
+    return status == 101
+
+
+def test_one_client_cannot_take_every_websocket(tmp_path, gunicorn_factory):
+    write_config(tmp_path, [ws_app_config(tmp_path)])
+    paastis = gunicorn_factory({**ADMIN, "MAX_WEBSOCKETS_PER_CLIENT": "2"})
+    opened = [handshake(paastis.port, "127.0.0.2") for _ in range(2)]
+    try:
+        status, answer, sock = handshake(paastis.port, "127.0.0.2")
+        sock.close()
+        assert status == 503
+        assert b"MAX_WEBSOCKETS_PER_CLIENT=2" in answer and b"127.0.0.2" in answer
+        assert b"Retry-After: 1" in answer
+        status, _, other = handshake(paastis.port, "127.0.0.3")  # another client still gets in
+        other.close()
+        assert status == 101
+    finally:
+        for _, _, sock in opened:
+            sock.close()
+    assert 'paastis_refused_requests_total{reason="max_websockets_per_client"} 1.0' in metrics(paastis)

@@ -50,7 +50,7 @@ def tunnel(relay: Relay, websocket: bool = True) -> tuple[socket.socket, socket.
     """A relayed connection: the test's ends (client side, app side)."""
     client, client_end = socket.socketpair()
     app, app_end = socket.socketpair()
-    assert relay.reserve()
+    assert relay.reserve("demo") is None
     relay.adopt("demo", client_end, app_end, websocket=websocket, head=HEAD)
     return client, app
 
@@ -121,6 +121,6 @@ def test_a_quiet_connection_stops_counting_without_touching_the_app(relay):
 def test_past_the_limit_no_place_is_booked(relay):
     relay, _ = relay
     ends = [tunnel(relay), tunnel(relay)]
-    assert not relay.reserve()
+    assert relay.reserve("demo") == "max_websockets"
     ends.pop()[0].close()  # one client leaves: its place is free again
-    wait_until(relay.reserve, 10, what="a place to free up")
+    wait_until(lambda: relay.reserve("demo") is None, 10, what="a place to free up")
