@@ -48,6 +48,7 @@ from typing import Any, TypeVar
 
 import redis
 
+from .logs import JobErrors
 from .redis_link import RedisLink
 from .registry import Look, RunningApp
 
@@ -164,6 +165,7 @@ class RedisRegistry:
         self._publish_lock = threading.Lock()  # keeps our ZADDs and ZREMs in order in Redis
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._errors = JobErrors(log)
         link.on_reconnect(self._forget_publications)
 
     def in_flight_key(self, key: str) -> str:
@@ -357,8 +359,9 @@ class RedisRegistry:
                 continue
             try:
                 self.link.attempt(self.flush)
-            except Exception:  # noqa: BLE001 - the flusher must outlive any surprise
-                log.exception("registry: flush failed")
+                self._errors.succeeded("registry: flush")
+            except Exception as error:  # noqa: BLE001 - the flusher must outlive any surprise
+                self._errors.failed("registry: flush", error)  # traceback once, then a line a minute
 
     def _ensure_thread(self) -> None:
         if self._thread is None and not self._stopping.is_set():

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .events import Event, EventStore, EventStoreUnavailable
+from .logs import JobErrors
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -276,6 +277,7 @@ class SpooledEventStore:
         self._thread: threading.Thread | None = None
         self._overflowing = False
         self._logged_size = 0
+        self._errors = JobErrors(log)
         if self._size():
             log.warning("events: %d event(s) spooled earlier wait for the store: replaying them", self._size())
             self._ensure_thread()
@@ -376,8 +378,9 @@ class SpooledEventStore:
         while True:
             try:
                 self.replay()
-            except Exception:  # noqa: BLE001 - the replayer must outlive any surprise
-                log.exception("events: replaying the spool failed")
+                self._errors.succeeded("events: replaying the spool")
+            except Exception as error:  # noqa: BLE001 - the replayer must outlive any surprise
+                self._errors.failed("events: replaying the spool", error)  # traceback once, then a line a minute
             if self._closing.is_set() or not self._size():
                 return
             self._wake.wait(self.replay_interval)

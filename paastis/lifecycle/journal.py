@@ -1,8 +1,9 @@
 """The lifecycle's record of what happened to apps: registry entries and the events that tell of them.
 
 Owns the pairing of a registry change with its event (``APP_REGISTERED``, ``APP_UNREGISTERED``,
-...), so that the history never disagrees with what paastis believes runs. Recording an
-event is best effort: a history store that is down never fails a wake or a stop.
+...), so that the history never disagrees with what paastis believes runs. A history store that
+is down never fails a wake or a stop: a shared store spools what it cannot take (see
+:mod:`paastis.spool`), and only an event no spool could take either is logged as lost here.
 """
 
 from __future__ import annotations
