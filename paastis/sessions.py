@@ -105,15 +105,12 @@ class RedisSessions:
         return self._run(delete_all)
 
     def _run(self, work):  # type: ignore[no-untyped-def]
-        import redis
+        from .registry import Degraded
 
         try:
-            result = work(self.link.client)
-        except redis.RedisError as error:
-            self.link.failed(error)
-            raise SessionsUnavailable(f"redis: {type(error).__name__}") from None
-        self.link.succeeded()
-        return result
+            return self.link.must(lambda: work(self.link.client))  # the cluster state's one boundary
+        except Degraded as error:
+            raise SessionsUnavailable(str(error)) from None
 
 
 class SessionsUnavailable(Exception):

@@ -94,14 +94,11 @@ class TokenThrottle:
 
     def _shared(self, work):  # type: ignore[no-untyped-def]
         """Run ``work`` on Redis when there is one and it is up; None otherwise (then this process decides)."""
-        if self.link is None or self.link.down:
+        if self.link is None:
             return None
-        import redis
+        from .registry import Degraded
 
         try:
-            result = work(self.link)
-        except redis.RedisError as error:
-            self.link.failed(error)
+            return self.link.must(lambda: work(self.link))  # the cluster state's one boundary
+        except Degraded:
             return None
-        self.link.succeeded()
-        return result
