@@ -96,3 +96,37 @@ def test_broken_paastis_yml_names_the_app(tmp_path):
     config.write_text("apps:\n  - name: demo\n    url: ftp://nope\n    command: x\n")
     with pytest.raises(ConfigError, match=r"apps\[0\] \('demo'\): url must be an http\(s\) URL"):
         create_app(settings(PAASTIS_CONFIG_FILE=str(config), PAASTIS_STATE_DIR=str(tmp_path / "s")))
+
+
+def test_a_misspelled_setting_is_refused_with_the_closest_name(tmp_path, monkeypatch):
+    from paastis.config import check_setting_names
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("START_AND_STOP_MAX_IDLE_TIM=5\nOTHER_PROGRAM_SETTING=1\n")
+    with pytest.raises(ConfigError) as refused:
+        check_setting_names(Path(".env"), {})
+    assert "START_AND_STOP_MAX_IDLE_TIM (did you mean START_AND_STOP_MAX_IDLE_TIME?)" in str(refused.value)
+    assert str(tmp_path / ".env") in str(refused.value) and "OTHER_PROGRAM" not in str(refused.value)
+
+    (tmp_path / ".env").write_text("PAASTIS_DRY_RUN=true\n")
+    with pytest.raises(ConfigError, match=r"in the environment: PAASTIS_DRYRUN \(did you mean PAASTIS_DRY_RUN\?\)"):
+        check_setting_names(Path(".env"), {"PAASTIS_DRYRUN": "true"})
+    check_setting_names(Path(".env"), {"PAASTIS_DRYRUN": "true", "PAASTIS_ALLOW_UNKNOWN_SETTINGS": "true"})
+    (tmp_path / ".env").write_text("PAASTIS_DRYRUN=true\n")  # .env is paastis's own: never let through
+    with pytest.raises(ConfigError, match="PAASTIS_DRYRUN"):
+        check_setting_names(Path(".env"), {"PAASTIS_ALLOW_UNKNOWN_SETTINGS": "true"})
+
+
+def test_every_setting_the_code_reads_is_known():
+    """Known settings come from the code itself: whatever a component reads (now or later) is never refused."""
+    import re
+
+    from paastis.config import SETTING_PREFIXES, known_settings
+    from tests.test_docs import READS
+
+    read = {name for path in (ROOT / "paastis").rglob("*.py") for name in READS.findall(path.read_text())}
+    documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)`", (ROOT / "docs" / "settings.md").read_text(), re.M))
+    assert len(read) > 40
+    prefixed = {name for name in read | documented if name.startswith(SETTING_PREFIXES)}
+    assert sorted(name for name in prefixed if name not in known_settings()) == []
+    assert "PROVIDER_HEROKU_OPERATION_TIMEOUT" in known_settings() and "HOOKS_BEFORE_STOP" in known_settings()
