@@ -5,9 +5,10 @@ starts new workers and stops the old ones. A configuration mistake used to stop 
 there, and with it the proxy. Here the master checks the new configuration completely first:
 
 - broken: one log line naming the problem; nothing changes (same workers, same settings);
-- good: gunicorn's reload runs. The old workers stop accepting connections but keep serving
-  what they hold (requests in flight, requests waiting for a wake, open WebSockets) until it
-  ends or ``PAASTIS_RELOAD_DRAIN_TIMEOUT`` passes, while new workers serve every new connection.
+- good: gunicorn's reload runs, except that the old workers keep accepting connections until
+  the new ones have booted. Then the old workers stop accepting but keep serving what they hold
+  (requests in flight, requests waiting for a wake, open WebSockets) until it ends or
+  ``PAASTIS_RELOAD_DRAIN_TIMEOUT`` passes, while new workers serve every new connection.
 
 The outcome of the last reload lives in a small shared memory page the master makes before it
 forks any worker, so every worker reports it (``GET /health``, ``/metrics``), and in a file next
@@ -20,7 +21,9 @@ from __future__ import annotations
 import json
 import logging
 import mmap
+import signal
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +33,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 PAGE = 64 * 1024
+BOOT_WAIT = 15.0  # seconds the old workers keep accepting while the new ones boot (the master waits meanwhile)
 HEADER = struct.Struct("!I")  # length of the JSON that follows
 
 
@@ -138,7 +142,36 @@ def safe_reload(
         server.log.error(error_line(error))
         return
     old = tuple(server.WORKERS)
-    status.applied(old)  # before gunicorn signals them: a replaced worker drains instead of closing WebSockets
-    Arbiter.reload(server)
-    for pid in old:  # draining: neither counted as serving nor timed out by the arbiter (each has its own deadline)
+    status.applied(old)  # before they are signalled: a replaced worker drains instead of closing WebSockets
+    # gunicorn's reload spawns the new workers, then calls manage_workers() to stop the old ones at once, then
+    # waits for them to exit. Instead, the old ones keep accepting until the new ones serve, then drain on
+    # their own, out of gunicorn's count (so the master never waits on them, nor times them out).
+    server.manage_workers = lambda: replace_workers(server, old)
+    try:
+        Arbiter.reload(server)
+    finally:
+        del server.manage_workers
+
+
+def replace_workers(server: Any, old: tuple[int, ...]) -> None:
+    await_boot(server, [pid for pid in server.WORKERS if pid not in old])
+    for pid in old:
+        server.kill_worker(pid, signal.SIGTERM)
         server.WORKERS.pop(pid, None)
+
+
+def await_boot(server: Any, pids: list[int], timeout: float = BOOT_WAIT) -> bool:
+    """Wait until the new workers have loaded paastis and entered their loop (their first heartbeat).
+
+    gunicorn stamps a worker's heartbeat file when it makes it (wall clock) and the worker then
+    stamps it from its loop (monotonic clock): a changed stamp means the worker serves. Bounded:
+    past ``timeout`` the old workers are stopped anyway, as gunicorn itself would.
+    """
+    made = {pid: server.WORKERS[pid].tmp.last_update() for pid in pids if pid in server.WORKERS}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(pid not in server.WORKERS or server.WORKERS[pid].tmp.last_update() != at for pid, at in made.items()):
+            return True
+        time.sleep(0.02)
+    server.log.warning("paastis: new workers not ready after %.0fs: replacing the old ones anyway", timeout)
+    return False
