@@ -33,6 +33,13 @@ E2E_MODULES = {
 # Tests that wake local apps (subprocesses), stop a private Redis or PostgreSQL, or wait out the real
 # clocks of the fake PaaS APIs (rate limits, 429 storms, operation polling, token expiry).
 E2E_TESTS = {
+    "test_places.py": {
+        "test_released_entries_leave_the_table_clean",
+    },
+    "test_api_budget.py": {
+        "test_listings_yield_while_stops_are_queued_and_return_when_the_budget_is_idle",
+        "test_formations_are_read_ahead_so_that_a_found_running_app_stops_in_one_call",
+    },
     "test_bookkeeping.py": {
         "test_traffic_flows_while_the_registry_waits_on_a_hung_redis",
     },
