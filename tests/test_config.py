@@ -46,6 +46,8 @@ def test_decimal_idle_time_and_original_logging_name():
         ({"ROUTING_SYSTEM_API_ENABLED": "true", "ROUTING_SYSTEM_API_TOKEN": "short"}, "ROUTING_SYSTEM_API_TOKEN"),
         ({"WEBSOCKET_IDLE_TIMEOUT": "0"}, "WEBSOCKET_IDLE_TIMEOUT='0' must be a number > 0"),
         ({"MAX_WEBSOCKETS": "lots"}, "MAX_WEBSOCKETS='lots' is not a whole number"),
+        ({"EVENTS_SPOOL_MAX": "0"}, "EVENTS_SPOOL_MAX='0' must be a whole number >= 1"),
+        ({"EVENTS_SPOOL_MAX": "1e5"}, "EVENTS_SPOOL_MAX='1e5' is not a whole number"),
     ],
 )
 def test_bad_values_name_variable_value_and_expectation(env, fragment):
@@ -53,6 +55,11 @@ def test_bad_values_name_variable_value_and_expectation(env, fragment):
         settings(**env)
     assert fragment in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_the_event_spool_holds_100000_events_unless_told_otherwise():
+    assert settings().events_spool_max == 100_000
+    assert settings(EVENTS_SPOOL_MAX="500").events_spool_max == 500
 
 
 def test_websocket_settings_default_to_the_apps_idle_time_and_ten_thousand():

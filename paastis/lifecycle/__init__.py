@@ -43,6 +43,8 @@ __all__ = ["Lifecycle", "NotManaged", "UnknownApp", "WakeError", "WakeTimeout"]
 
 log = logging.getLogger("paastis.lifecycle")
 
+SHUTDOWN_STOP_WAIT = 10.0  # seconds shutdown waits for running stops (gunicorn's graceful_timeout is 15 s)
+
 
 @contextmanager
 def _no_cluster_lock(key: str) -> Iterator[bool]:
@@ -186,5 +188,5 @@ class Lifecycle:
             log.info("forgot %d memo(s) and %d metric series of apps that are gone", dropped, series)
 
     def close(self) -> None:
-        self.idle.close(timeout=self.operation_timeout)  # running stops end before the provider is closed
+        self.idle.close(timeout=min(self.operation_timeout, SHUTDOWN_STOP_WAIT))  # before the provider is closed
         self.readiness.close()
