@@ -135,6 +135,9 @@ class FileSpool:
                     break  # an append cut short by a crash: the rest is not an event
                 item = decode(line)
                 items.append(item if item is not None else ("", _UNREADABLE))
+        if not items and pending:  # counted, but cut short by a crash: nothing left to replay
+            log.error("events: the spool %s ends in a partial line; starting it afresh", self.path)
+            self.drop_head(pending)
         return items
 
     def drop_head(self, count: int) -> int:
