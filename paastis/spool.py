@@ -281,6 +281,7 @@ class SpooledEventStore:
         self._overflowing = False
         self._logged_size = 0
         self._errors = JobErrors(log)
+        metrics.events_spooled.set_function(self.spooled)  # read at scrape time: the spool is shared by the workers
         if self._size():
             log.warning("events: %d event(s) spooled earlier wait for the store: replaying them", self._size())
             self._ensure_thread()
