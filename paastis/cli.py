@@ -134,9 +134,12 @@ def seconds(value: float | None) -> str | None:
 
 
 def render_apps(data: dict) -> str:
+    """One row per app; a PROVIDER column once apps of several providers are listed."""
+    several = len({a.get("provider") for a in data["apps"]}) > 1
     rows = [
         (
             a["name"],
+            *([a.get("provider")] if several else []),
             ("starting" if a.get("starting") else a["status"])
             + ("" if a.get("managed", True) else " (unmanaged)")
             + (" (stop queued)" if a.get("stop_queued") else ""),
@@ -147,7 +150,8 @@ def render_apps(data: dict) -> str:
         )
         for a in data["apps"]
     ]
-    return table(("NAME", "STATUS", "AWAKE SINCE (UTC)", "IDLE", "MAX IDLE", "LINKED"), rows)
+    headers = ("NAME", *(["PROVIDER"] if several else []), "STATUS", "AWAKE SINCE (UTC)", "IDLE", "MAX IDLE", "LINKED")
+    return table(headers, rows)
 
 
 def render_events(data: dict) -> str:
@@ -212,7 +216,8 @@ def cli() -> None:
 
 
 @cli.command()
-def check() -> None:
+@click.option("--online", is_flag=True, help="also list each provider's apps (calls their APIs) and names found twice")
+def check(online: bool) -> None:
     """Validate the settings and paastis.yml as start-up does; print the summary (exit 2 on error)."""
     from . import startup
     from .wiring import create_app  # late: the wiring imports this module
@@ -225,7 +230,10 @@ def check() -> None:
     except ConfigError as error:
         raise Failure(f"configuration error: {error}", EXIT_CONFIG) from None
     try:
-        click.echo(table(("SETTING", "VALUE"), summary(paastis, checked.apps)))
+        rows = summary(paastis, checked.apps)
+        if online:
+            rows = online_rows(paastis, rows)
+        click.echo(table(("SETTING", "VALUE"), rows))
         click.echo("configuration OK")
     finally:
         paastis.close()
@@ -235,10 +243,12 @@ def summary(paastis: Any, apps: tuple[str, ...] | None) -> list[tuple[str, str]]
     """What this configuration will run, as an operator would check it before deploying."""
     settings = paastis.settings
     checks = f"cron {settings.checking_cron}" if settings.checking_cron else f"every {settings.checking_interval:g} s"
+    accounts = list(paastis.provider)
+    names = ", ".join(account.name for account in accounts)
     return [
-        ("provider", paastis.provider.name),
+        *provider_rows(accounts),
         ("config file", f"{settings.config_file} ({'found' if settings.config_file.is_file() else 'absent'})"),
-        ("apps", ", ".join(apps) if apps is not None else f"listed by {paastis.provider.name} at the first check"),
+        ("apps", ", ".join(apps) if apps is not None else f"listed by {names} at the first check"),
         ("rules", str(len(paastis.rules.rules))),
         *route_rows(paastis.routes),
         ("registry", settings.registry_type),
@@ -251,6 +261,43 @@ def summary(paastis: Any, apps: tuple[str, ...] | None) -> list[tuple[str, str]]
         ("dashboard", settings.dashboard_host or "off"),
         ("dry run", "on: nothing is stopped" if settings.dry_run else "off"),
     ]
+
+
+def provider_rows(accounts: list[Any]) -> list[tuple[str, str]]:
+    """One ``provider`` row per account (``paris: scalingo (osc-fr1)``); as before with one from the environment."""
+    if len(accounts) == 1 and accounts[0].name == accounts[0].type:
+        return [("provider", accounts[0].name)]
+    return [("provider", account.spec.describe()) for account in accounts]
+
+
+def online_rows(paastis: Any, rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``--online``: how many apps each provider lists (its API asked now), and any name two of them list."""
+    listed: dict[str, list[str]] = {}
+    counts: list[tuple[str, str]] = []
+    for account in paastis.provider:
+        try:
+            keys = [app.key for app in account.list_apps()]
+        except Exception as error:  # noqa: BLE001 - one provider's failure is a line of the report
+            counts.append(("apps listed", f"{account.name}: could not list: {error}"))
+            continue
+        listed[account.name] = keys
+        counts.append(("apps listed", f"{account.name}: {len(keys)}"))
+    owners: dict[str, list[str]] = {}
+    for name, keys in listed.items():
+        for key in keys:
+            owners.setdefault(key, []).append(name)
+    twice = [(key, names) for key, names in sorted(owners.items()) if len(names) > 1]
+    doubles = [
+        ("on two providers", f"{key}: {', '.join(names)} ({served_by(paastis, key, names)} serves it)")
+        for key, names in twice
+    ]
+    at = next((i for i, row in enumerate(rows) if row[0] == "apps"), len(rows))
+    return rows[: at + 1] + counts + (doubles or [("on two providers", "none")]) + rows[at + 1 :]
+
+
+def served_by(paastis: Any, key: str, names: list[str]) -> str:
+    """The account a name found twice goes to: a rule's provider:, else the first in providers: order."""
+    return paastis.rules.policy(key).provider or names[0]
 
 
 def route_rows(routes: Any) -> list[tuple[str, str]]:
@@ -317,12 +364,16 @@ def read_status(path: Path) -> dict[str, Any]:
 @cli.command()
 @click.option("--refresh", is_flag=True, help="list the provider's apps first (POST /apps/refresh, rate-limited)")
 @remote_options
-def apps(refresh: bool, url: str | None, token: str | None, timeout: float, as_json: bool) -> None:
-    """List the apps of a running paastis, with their status (its copy of the provider's list: no API call)."""
+@click.option("--provider", "provider", metavar="NAME", help="only the apps of this provider (a name in providers:)")
+def apps(
+    refresh: bool, url: str | None, token: str | None, timeout: float, as_json: bool, provider: str | None
+) -> None:
+    """List the apps of a running paastis, with their provider and status (its copy of the providers' lists:
+    no API call)."""
     api = admin(url, token, timeout)
     if refresh:
         api.call("POST", "/apps/refresh")
-    emit(api.call("GET", "/apps"), as_json, render_apps)
+    emit(api.call("GET", "/apps", provider=provider), as_json, render_apps)
 
 
 @cli.command()

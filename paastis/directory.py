@@ -105,6 +105,28 @@ class Directory:
             self._refresh_quietly()
         return [app for key, app in self._listing.by_key.items() if key == app.key]
 
+    def cached_apps(self) -> list[AppInfo]:
+        """The current list, as it is (never lists)."""
+        return [app for key, app in self._listing.by_key.items() if key == app.key]
+
+    def would_list(self) -> bool:
+        """Whether :meth:`resolve` of a name missing from the list would list (stale, or never answered)."""
+        return self._stale() or not self._answered
+
+    def never_listed(self) -> bool:
+        return self._refreshed_at is None
+
+    def listing_began(self, app: AppInfo) -> datetime | None:
+        """When the listing ``app`` comes from was asked for: what it says is true as of then."""
+        return self.listed_at_wall
+
+    def held_keys(self) -> set[str]:
+        """Keys the idle check must leave alone this tick: none (one account either listed or failed the tick)."""
+        return set()
+
+    def close(self) -> None:
+        pass
+
     def unsure(self) -> bool:
         """The list is past its TTL and another thread's listing is under way: a missing key may exist."""
         return self._stale() and self._gate.locked()

@@ -50,6 +50,7 @@ class Event:
     duration: float | None = None  # seconds
     instance: str = field(default_factory=instance_id)
     message: str | None = None
+    provider: str | None = None  # the account of the app (its name in providers:), when known
 
     def __post_init__(self) -> None:
         if self.duration is not None:  # milliseconds are precision enough, and read better
@@ -62,9 +63,12 @@ class Event:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Event:
-        data = dict(data)
+        data = {k: v for k, v in data.items() if k in EVENT_FIELDS}  # a newer writer's fields are skipped
         data["timestamp"] = datetime.fromisoformat(data["timestamp"])
         return cls(**data)
+
+
+EVENT_FIELDS = frozenset(Event.__dataclass_fields__)
 
 
 class EventStoreUnavailable(Exception):

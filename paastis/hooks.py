@@ -19,6 +19,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .config import ConfigError
@@ -33,6 +34,15 @@ class HookFailed(Exception):
     """A strict before-hook failed: the operation it guards is abandoned."""
 
 
+@dataclass(frozen=True)
+class Where:
+    """Which account and region a hook runs for."""
+
+    provider: str  # the account's name (PAASTIS_PROVIDER)
+    type: str  # its type (PAASTIS_PROVIDER_TYPE)
+    region: str
+
+
 class HookRunner:
     def __init__(
         self,
@@ -43,9 +53,12 @@ class HookRunner:
         on_result: Callable[[str, bool], None] | None = None,
         environment: Mapping[str, str] | None = None,
         redact: Redactor | None = None,
+        accounts: dict[str, tuple[str, str | None]] | None = None,
     ):
+        """``accounts``: each account's type and region (``providers:``), for PAASTIS_PROVIDER_TYPE/REGION."""
         self.provider = provider
         self.region = region or ""
+        self.accounts = accounts or {}
         self.timeout = timeout
         self.strict = strict
         self.on_result = on_result
@@ -53,15 +66,26 @@ class HookRunner:
         self.environment = dict(base_environment() if environment is None else environment)
         self.redact = redact or Redactor(())
 
-    def run(self, hook: str, command: str | None, app: str, reason: str, region: str | None = None) -> bool:
+    def run(
+        self,
+        hook: str,
+        command: str | None,
+        app: str,
+        reason: str,
+        region: str | None = None,
+        provider: str | None = None,
+    ) -> bool:
         """Run ``command`` if set; True when it succeeded (or there was nothing to run).
 
         A failed ``before_*`` hook raises :class:`HookFailed` in strict mode. ``region`` is
-        the app's own region when the provider knows it, else the configured one.
+        the app's own region when the provider knows it, else its account's, else the configured one.
+        ``provider`` is the app's account (its name in ``providers:``).
         """
         if not command:
             return True
-        ok = self._execute(hook, command, app, reason, region or self.region)
+        kind, account_region = self.accounts.get(provider or "", (None, None))
+        where = Where(provider or self.provider, kind or self.provider, region or account_region or self.region)
+        ok = self._execute(hook, command, app, reason, where)
         if self.on_result is not None:
             self.on_result(hook, ok)
         if not ok and self.strict and hook.startswith("before_"):
@@ -69,29 +93,37 @@ class HookRunner:
         return ok
 
     def run_in_background(
-        self, hook: str, command: str | None, app: str, reason: str, region: str | None = None
+        self,
+        hook: str,
+        command: str | None,
+        app: str,
+        reason: str,
+        region: str | None = None,
+        provider: str | None = None,
     ) -> None:
         """After-hooks must not hold the request that triggered them."""
         if command:
-            threading.Thread(target=self.run, args=(hook, command, app, reason, region), daemon=True).start()
+            args = (hook, command, app, reason, region, provider)
+            threading.Thread(target=self.run, args=args, daemon=True).start()
 
-    def _environment(self, hook: str, app: str, reason: str, region: str) -> dict[str, str]:
+    def _environment(self, hook: str, app: str, reason: str, where: Where) -> dict[str, str]:
         env = dict(self.environment)
         env.update(
             PAASTIS_APP_NAME=app,
             PAASTIS_HOOK=hook,
-            PAASTIS_PROVIDER=self.provider,
-            PAASTIS_REGION=region,
+            PAASTIS_PROVIDER=where.provider,
+            PAASTIS_PROVIDER_TYPE=where.type,
+            PAASTIS_REGION=where.region,
             PAASTIS_REASON=reason,
         )
         return env
 
-    def _execute(self, hook: str, command: str, app: str, reason: str, region: str) -> bool:
+    def _execute(self, hook: str, command: str, app: str, reason: str, where: Where) -> bool:
         started = time.monotonic()
         process = subprocess.Popen(
             command,
             shell=True,
-            env=self._environment(hook, app, reason, region),
+            env=self._environment(hook, app, reason, where),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

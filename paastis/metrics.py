@@ -7,23 +7,34 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
+from .providers.base import AppInfo
+
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, default_provider: str = "") -> None:
+        """``default_provider``: the ``provider`` label of an app that carries no account (one provider)."""
+        self.default_provider = default_provider
+        # The provider of an app known by its key alone (WebSockets): set by the wiring, from the directory.
+        self.provider_of_key: Callable[[str], str] = lambda key: self.default_provider
         self.registry = CollectorRegistry()
         r = self.registry
         self.proxied_requests = Counter(
-            "paastis_proxied_requests", "Requests answered for apps, by app and status", ["app", "status"], registry=r
+            "paastis_proxied_requests",
+            "Requests answered for apps, by app and status",
+            ["app", "status", "provider"],
+            registry=r,
         )
-        self.wakes = Counter("paastis_wakes", "App starts, by app and outcome", ["app", "outcome"], registry=r)
+        self.wakes = Counter(
+            "paastis_wakes", "App starts, by app and outcome", ["app", "outcome", "provider"], registry=r
+        )
         self.wake_duration = Histogram(
             "paastis_wake_duration_seconds",
             "Time from start request to app ready",
-            ["app"],
+            ["app", "provider"],
             buckets=(0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120),
             registry=r,
         )
-        self.idle_stops = Counter("paastis_idle_stops", "Apps stopped for idleness", ["app"], registry=r)
+        self.idle_stops = Counter("paastis_idle_stops", "Apps stopped for idleness", ["app", "provider"], registry=r)
         self.provider_calls = Counter(
             "paastis_provider_api_calls",
             "Provider API calls, by provider, operation and outcome",
@@ -46,7 +57,10 @@ class Metrics:
         self.hook_runs = Counter("paastis_hook_runs", "Hook runs, by hook and outcome", ["hook", "outcome"], registry=r)
         self.registry_size = Gauge("paastis_registry_size", "Apps in the registry", registry=r)
         self.websockets_open = Gauge(
-            "paastis_websockets_open", "Upgraded connections (WebSockets) open here, by app", ["app"], registry=r
+            "paastis_websockets_open",
+            "Upgraded connections (WebSockets) open here, by app",
+            ["app", "provider"],
+            registry=r,
         )
         self.last_reload_successful = Gauge(
             "paastis_config_last_reload_successful",
@@ -58,7 +72,7 @@ class Metrics:
         self.passive_requests = Counter(
             "paastis_passive_requests",
             "Requests from passive visitors (monitors, crawlers, passive paths), by app and outcome",
-            ["app", "outcome"],
+            ["app", "outcome", "provider"],
             registry=r,
         )
         self.idle_check_duration = Histogram(
@@ -90,7 +104,7 @@ class Metrics:
         self.queued_requests = Gauge(
             "paastis_queued_requests",
             "Requests waiting in their app's queue for a thread (this worker), by app",
-            ["app"],
+            ["app", "provider"],
             registry=r,
         )
         self.queue_wait = Histogram(
@@ -106,6 +120,10 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+
+    def provider_of(self, app: AppInfo) -> str:
+        """The ``provider`` label of an app's series: its account's name."""
+        return app.provider or self.default_provider
 
     def provider_call(self, provider: str, operation: str, outcome: str) -> None:
         self.provider_calls.labels(provider, operation, outcome).inc()

@@ -42,8 +42,10 @@ SCHEMA = (
     # the id of an event replayed from the spool (paastis.spool): stored once however often it is replayed
     "ALTER TABLE paastis_events ADD COLUMN IF NOT EXISTS uid text",
     "CREATE UNIQUE INDEX IF NOT EXISTS paastis_events_uid ON paastis_events (uid)",
+    # Added with several providers per instance; older tables gain it (NULL in their rows).
+    "ALTER TABLE paastis_events ADD COLUMN IF NOT EXISTS provider text",
 )
-COLUMNS = "type, app, reason, at, duration, instance, message"
+COLUMNS = "type, app, reason, at, duration, instance, message, provider"
 
 
 class PostgresEventStore:
@@ -67,8 +69,17 @@ class PostgresEventStore:
     def add(self, event: Event) -> None:
         if self._failed_at is not None and time.monotonic() - self._failed_at < self.RETRY_AFTER:
             raise EventStoreUnavailable("postgresql was unreachable moments ago: event not recorded")
-        row = (event.type, event.app, event.reason, event.timestamp, event.duration, event.instance, event.message)
-        insert = f"INSERT INTO paastis_events ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+        row = (
+            event.type,
+            event.app,
+            event.reason,
+            event.timestamp,
+            event.duration,
+            event.instance,
+            event.message,
+            event.provider,
+        )
+        insert = f"INSERT INTO paastis_events ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
         self._run(lambda conn: conn.execute(insert, row))
 
     def replay(self, items: list[tuple[str, Event]]) -> None:
@@ -76,10 +87,11 @@ class PostgresEventStore:
         if self._failed_at is not None and time.monotonic() - self._failed_at < self.RETRY_AFTER:
             raise EventStoreUnavailable("postgresql was unreachable moments ago")
         rows = [
-            (e.type, e.app, e.reason, e.timestamp, e.duration, e.instance, e.message, uid or None) for uid, e in items
+            (e.type, e.app, e.reason, e.timestamp, e.duration, e.instance, e.message, e.provider, uid or None)
+            for uid, e in items
         ]
         insert = (
-            f"INSERT INTO paastis_events ({COLUMNS}, uid) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+            f"INSERT INTO paastis_events ({COLUMNS}, uid) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (uid) DO NOTHING"
         )
 
@@ -185,6 +197,7 @@ def _event(row: dict[str, Any]) -> Event:
         duration=row["duration"],
         instance=row["instance"],
         message=row["message"],
+        provider=row.get("provider"),
     )
 
 

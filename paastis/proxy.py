@@ -410,7 +410,7 @@ def _serve_key(
     except BaseException:
         registry.end_request(app.key, token)
         raise
-    proxy.metrics.proxied_requests.labels(app.key, str(response.status_code)).inc()
+    proxy.metrics.proxied_requests.labels(app.key, str(response.status_code), proxy.metrics.provider_of(app)).inc()
     response.call_on_close(lambda: registry.end_request(app.key, token))
     return response
 

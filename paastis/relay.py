@@ -200,7 +200,7 @@ class Relay:
         with self._lock:
             self._reserved -= 1
             self._open[app] = self._open.get(app, 0) + 1
-            self.metrics.websockets_open.labels(app).set(self._open[app])
+            self.metrics.websockets_open.labels(app, self.metrics.provider_of_key(app)).set(self._open[app])
         self._ensure_thread()
         self._call(lambda: self._add(tunnel))
 
@@ -474,6 +474,6 @@ class Relay:
             if not count:
                 del self._open[tunnel.app]
                 self._touched.pop(tunnel.app, None)
-            self.metrics.websockets_open.labels(tunnel.app).set(count)
+            self.metrics.websockets_open.labels(tunnel.app, self.metrics.provider_of_key(tunnel.app)).set(count)
             self._lock.notify_all()
         self.places.release(tunnel.app, tunnel.peer)

@@ -41,13 +41,17 @@ RULE_FIELDS = {
     "cost_per_month",
     "upstream_read_timeout",
     "queue_timeout",
+    "provider",  # the account (a name in providers:) that serves the apps the rule matches
+    # The original's, read as a migration path: they pick the one account of that type (and region).
+    "provider_name",
+    "provider_zone",
 }
 PASSIVE_ANSWERS = (503, 200)
 # Keys of the original paastis's sample file that never had an effect there: accepted, with a warning.
 INERT_RULE_FIELDS = {"group_name", "app_group"}
-# Keys the original read but that need several providers per instance: refused until supported.
-UNSUPPORTED_RULE_FIELDS = {"provider_name", "provider_zone"}
-TOP_LEVEL_KEYS = {"rules", "apps", "routes", "hooks_env"}
+TOP_LEVEL_KEYS = {"rules", "apps", "routes", "hooks_env", "providers"}
+# The original's provider_name values that differ from a type here.
+PROVIDER_NAME_ALIASES = {"clever": "clever-cloud", "clevercloud": "clever-cloud"}
 GROUP_REF = re.compile(r"\$([1-9])")
 
 log = logging.getLogger(__name__)
@@ -71,6 +75,7 @@ class AppPolicy:
     cost_per_month: float | None = None  # in PAASTIS_CURRENCY; None: from the price table
     upstream_read_timeout: float = 300.0  # seconds: the app's first byte, and each further chunk
     queue_timeout: float = 30.0  # seconds a request may wait in the app's queue for a thread
+    provider: str | None = None  # the account a rule pins these apps to; None: the first that lists them
 
 
 @dataclass(frozen=True)
@@ -111,16 +116,19 @@ def _with_hint(key: Any, known: set[str]) -> str:
     return f"{key!r} (did you mean {close[0]!r}?)" if close else f"{key!r} (known: {', '.join(sorted(known))})"
 
 
-def _check_rule(index: int, raw: Any, source: str) -> Rule:
+@dataclass(frozen=True)
+class AccountName:
+    """What a rule may pin: an account's name, type and regions (see :class:`~paastis.providers.ProviderSpec`)."""
+
+    name: str
+    type: str
+    regions: tuple[str, ...] = ()
+
+
+def _check_rule(index: int, raw: Any, source: str, accounts: list[Any]) -> Rule:
     if not isinstance(raw, dict) or "pattern" not in raw:
         raise ConfigError(f"{source} rule #{index} must be a mapping with a 'pattern'")
     where = f"{source} rule #{index} (pattern {raw['pattern']!r})"
-    unsupported = set(raw) & UNSUPPORTED_RULE_FIELDS
-    if unsupported:
-        raise ConfigError(
-            f"{where}: {', '.join(sorted(unsupported))} not supported yet: one paastis instance manages "
-            "one provider (PROVIDER_NAME) and its regions (PROVIDER_REGION); remove the field"
-        )
     unknown = set(raw) - RULE_FIELDS - INERT_RULE_FIELDS
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(_with_hint(k, RULE_FIELDS) for k in sorted(unknown))}")
@@ -129,6 +137,7 @@ def _check_rule(index: int, raw: Any, source: str) -> Rule:
     except re.error as error:
         raise ConfigError(f"{where}: invalid pattern: {error}") from None
     values = {k: v for k, v in raw.items() if k != "pattern" and k not in INERT_RULE_FIELDS}
+    _check_provider(where, values, accounts)
     idle = values.get("app_max_idle_time")
     if idle is not None and (isinstance(idle, bool) or not isinstance(idle, int | float) or not 0 <= idle < 1e9):
         raise ConfigError(f"{where}: app_max_idle_time must be a number of minutes >= 0 (0: stop at the next check)")
@@ -161,6 +170,34 @@ def _check_rule(index: int, raw: Any, source: str) -> Rule:
     _check_group_refs(where, pattern, values)
     _check_sleep_policy(where, values)
     return Rule(index, pattern, values)
+
+
+def _check_provider(where: str, values: dict[str, Any], accounts: list[Any]) -> None:
+    """``provider`` must name an account; the original's ``provider_name``/``provider_zone`` become one (in place)."""
+    names = [account.name for account in accounts]
+    pinned = values.get("provider")
+    if pinned is not None:
+        if "provider_name" in values or "provider_zone" in values:
+            raise ConfigError(f"{where}: provider and provider_name/provider_zone both set: keep provider")
+        if pinned not in names:
+            raise ConfigError(f"{where}: provider {pinned!r} is not one of the providers ({', '.join(names)})")
+        return
+    if "provider_zone" in values and "provider_name" not in values:
+        raise ConfigError(f"{where}: provider_zone needs provider_name (or write provider: <name>)")
+    if "provider_name" not in values:
+        return
+    kind = str(values.pop("provider_name")).lower()
+    kind = PROVIDER_NAME_ALIASES.get(kind, kind)
+    zone_ = values.pop("provider_zone", None)
+    zone_ = str(zone_).lower() if zone_ is not None else None
+    found = [a.name for a in accounts if a.type == kind and (zone_ is None or zone_ in a.regions)]
+    what = f"provider_name {kind!r}" + (f" and provider_zone {zone_!r}" if zone_ is not None else "")
+    if not found:
+        have = ", ".join(f"{a.name} ({a.type}{' ' + ','.join(a.regions) if a.regions else ''})" for a in accounts)
+        raise ConfigError(f"{where}: no provider matches {what} (this paastis has {have})")
+    if len(found) > 1:
+        raise ConfigError(f"{where}: several providers match {what} ({', '.join(found)}): write provider: <name>")
+    values["provider"] = found[0]
 
 
 def _check_sleep_policy(where: str, values: dict[str, Any]) -> None:
@@ -241,12 +278,19 @@ POLICY_CACHE_SIZE = 10_000
 class Rules:
     """Resolves an :class:`AppPolicy` for any app key."""
 
-    def __init__(self, settings: Settings, raw_rules: list[Any] | None):
+    def __init__(self, settings: Settings, raw_rules: list[Any] | None, accounts: list[Any] | None = None):
+        """``accounts``: the providers rules may pin (name, type, regions); default: the one of the environment."""
         if raw_rules is not None and not isinstance(raw_rules, list):
             raise ConfigError(f"{settings.config_file}: 'rules' must be a list")
         self.settings = settings
         source = str(settings.config_file)
-        self.rules = [_check_rule(i, raw, source) for i, raw in enumerate(raw_rules or [])]
+        if accounts is None:
+            regions = tuple(r.lower() for r in settings.env.csv("PROVIDER_REGION"))
+            accounts = [AccountName(settings.provider_name, settings.provider_name, regions)]
+        self.rules = [_check_rule(i, raw, source, accounts) for i, raw in enumerate(raw_rules or [])]
+        # The patterns of rules that pin apps to a provider: most keys match none, and need no policy to merge.
+        pinning = [rule.pattern.pattern for rule in self.rules if "provider" in rule.values]
+        self.pinning = re.compile("|".join(f"(?:{p})" for p in pinning)) if pinning else None
         self.warnings = _inert_field_warnings(source, raw_rules or [])
         self.ignored = _name_matcher(settings.ignored_apps, "REGISTRY_IGNORED_APPS")
         self.allowed = _name_matcher(settings.allowed_apps, "REGISTRY_ALLOWED_APPS")
@@ -264,6 +308,12 @@ class Rules:
             for rule in self.rules
             if not any(rule.pattern.fullmatch(key) for key in keys)
         ]
+
+    def pinned(self, key: str) -> str | None:
+        """The provider a rule pins ``key`` to (None: the first that lists it); cheap when no rule pins."""
+        if self.pinning is None or not self.pinning.fullmatch(key):
+            return None
+        return self.policy(key).provider
 
     def policy(self, key: str) -> AppPolicy:
         """Policies are computed once per key (while they stay in the cache): the proxy asks on every request."""
@@ -293,6 +343,7 @@ class Rules:
             cost_per_month=merged.get("cost_per_month"),
             upstream_read_timeout=float(merged.get("upstream_read_timeout", self.settings.upstream_read_timeout)),
             queue_timeout=float(merged.get("queue_timeout", self.settings.queue_timeout)),
+            provider=merged.get("provider"),
         )
 
     def _schedule(self, merged: dict[str, Any]) -> AppSchedule | None:

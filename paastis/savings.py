@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -158,16 +158,23 @@ class Savings:
         timezone: str,
         dry_run: bool,
         marks: Marks,
+        accounts: dict[str, str] | None = None,
+        provider_of_key: Callable[[str], str] | None = None,
     ):
+        """``provider``: the one account's type; ``accounts``: each account's type by name (``providers:``);
+        ``provider_of_key``: an app's account from the cached listings (for apps no event names one)."""
         self.events = events
         self.registry = registry
         self.rules = rules
         self.provider = provider
+        self.accounts = accounts or {provider: provider}
+        self.provider_of_key = provider_of_key or (lambda key: provider)
         self.currency = currency
         self.zone = zone(timezone)
         self.dry_run = dry_run
         self.marks = marks
         self._totals: tuple[float, dict[str, AppTime]] | None = None
+        self._providers: dict[str, str] = {}  # each app's account, from the same history as the totals
         self._lock = threading.Lock()
 
     def report(self, since: datetime | None = None, until: datetime | None = None, app: str | None = None) -> dict:
@@ -177,9 +184,13 @@ class Savings:
         """
         until = min(until or utcnow(), utcnow())
         since = since or until - DEFAULT_PERIOD
-        times = measure(self.history(since, until, app), since, until)
-        apps = [self._app_report(name, t) for name, t in sorted(times.items())]
-        priced = [a for a in apps if a["price_per_hour"] is not None]
+        history = self.history(since, until, app)
+        times = measure(history, since, until)
+        providers = self.providers_of(history)
+        apps = [self._app_report(name, t, providers.get(name)) for name, t in sorted(times.items())]
+        by_provider: dict[str, list[dict]] = {}
+        for entry in apps:
+            by_provider.setdefault(entry["provider"], []).append(entry)
         return {
             "since": since.isoformat(),
             "until": until.isoformat(),
@@ -187,21 +198,21 @@ class Savings:
             "dry_run": self.dry_run,
             "prices_date": PRICES_DATE,
             "apps": apps,
-            "total": {
-                "asleep_hours": _round(sum(a["asleep_hours"] for a in apps)),
-                "awake_hours": _round(sum(a["awake_hours"] for a in apps)),
-                "money_saved": _round(sum(a["money_saved"] for a in priced), 2),
-                "would_sleep_hours": _round(sum(a["would_sleep_hours"] for a in apps)),
-                "money_would_save": _round(sum(a["money_would_save"] for a in priced), 2),
-                "apps_without_price": [a["app"] for a in apps if a["price_per_hour"] is None],
-            },
+            "total": _total(apps),
+            "providers": {name: _total(entries) for name, entries in sorted(by_provider.items())},
         }
 
-    def _app_report(self, name: str, times: AppTime) -> dict:
-        price, source = self.price(name)
+    def providers_of(self, history: list[Event]) -> dict[str, str]:
+        """Each app's account: the last event that names one (apps move between accounts rarely)."""
+        return {event.app: event.provider for event in history if event.provider}
+
+    def _app_report(self, name: str, times: AppTime, provider: str | None = None) -> dict:
+        provider = provider or self.provider_of_key(name)
+        price, source = self.price(name, provider)
         asleep, awake, would = times.asleep / 3600, times.awake / 3600, times.would_sleep / 3600
         return {
             "app": name,
+            "provider": provider,
             "asleep_hours": _round(asleep),
             "awake_hours": _round(awake),
             "would_sleep_hours": _round(would),
@@ -219,12 +230,14 @@ class Savings:
         found = [e for types in (STATE_TYPES, WOULD_TYPES) for e in self.events.history(since, until, types, app)]
         return sorted(found, key=lambda event: event.timestamp)
 
-    def price(self, key: str) -> tuple[float | None, str | None]:
-        """A rule's ``cost_per_month`` wins; else the built-in table and the formation remembered at the last stop."""
+    def price(self, key: str, provider: str | None = None) -> tuple[float | None, str | None]:
+        """A rule's ``cost_per_month`` wins; else the built-in table (of the app's account's type) and the
+        formation remembered at the last stop."""
         monthly = self.rules.policy(key).cost_per_month
         if monthly is not None:
             return monthly / HOURS_PER_MONTH, f"cost_per_month {monthly:g} {self.currency}"
-        return price_per_hour(self.provider, self.registry.recall(key), self.currency)
+        kind = self.accounts.get(provider or self.provider_of_key(key), self.provider)
+        return price_per_hour(kind, self.registry.recall(key), self.currency)
 
     # -- all-time totals for Prometheus ---------------------------------------------
 
@@ -234,7 +247,9 @@ class Savings:
             if self._totals is None or time.monotonic() - self._totals[0] >= METRICS_CACHE:
                 until = utcnow()
                 epoch = datetime.fromtimestamp(0, until.tzinfo)
-                self._totals = (time.monotonic(), measure(self.history(epoch, until), epoch, until))
+                history = self.history(epoch, until)
+                self._providers = self.providers_of(history)
+                self._totals = (time.monotonic(), measure(history, epoch, until))
             return self._totals[1]
 
     def collect(self) -> Iterator[CounterMetricFamily]:
@@ -244,18 +259,20 @@ class Savings:
         except EventStoreUnavailable as error:
             log.warning("savings: no metrics this scrape: %s", error)
             return
+        labels = ["app", "provider"]
         families = {
             "asleep": CounterMetricFamily(
-                "paastis_app_asleep_seconds", "Time apps spent asleep because paastis stopped them", labels=["app"]
+                "paastis_app_asleep_seconds", "Time apps spent asleep because paastis stopped them", labels=labels
             ),
-            "awake": CounterMetricFamily("paastis_app_awake_seconds", "Time apps spent awake", labels=["app"]),
+            "awake": CounterMetricFamily("paastis_app_awake_seconds", "Time apps spent awake", labels=labels),
             "would_sleep": CounterMetricFamily(
-                "paastis_app_would_sleep_seconds", "PAASTIS_DRY_RUN: time apps would have slept", labels=["app"]
+                "paastis_app_would_sleep_seconds", "PAASTIS_DRY_RUN: time apps would have slept", labels=labels
             ),
         }
         for name, times in sorted(totals.items()):
+            provider = self._providers.get(name) or self.provider_of_key(name)
             for field, family in families.items():
-                family.add_metric([name], getattr(times, field))
+                family.add_metric([name, provider], getattr(times, field))
         yield from families.values()
 
     # -- the daily summary (leader only) ----------------------------------------------
@@ -293,6 +310,19 @@ class Savings:
             if self.dry_run
             else "",
         )
+
+
+def _total(apps: list[dict]) -> dict:
+    """The sums of app reports (all of them, or one account's)."""
+    priced = [a for a in apps if a["price_per_hour"] is not None]
+    return {
+        "asleep_hours": _round(sum(a["asleep_hours"] for a in apps)),
+        "awake_hours": _round(sum(a["awake_hours"] for a in apps)),
+        "money_saved": _round(sum(a["money_saved"] for a in priced), 2),
+        "would_sleep_hours": _round(sum(a["would_sleep_hours"] for a in apps)),
+        "money_would_save": _round(sum(a["money_would_save"] for a in priced), 2),
+        "apps_without_price": [a["app"] for a in apps if a["price_per_hour"] is None],
+    }
 
 
 def _round(value: float, digits: int = 6) -> float:

@@ -64,9 +64,9 @@ class SleepGate:
         now = self.clock()
         if passive:
             if asleep_until is None and awake():
-                self.metrics.passive_requests.labels(app.key, "proxied").inc()
+                self.metrics.passive_requests.labels(app.key, "proxied", self.metrics.provider_of(app)).inc()
                 return PASSIVE
-            self.metrics.passive_requests.labels(app.key, "answered").inc()
+            self.metrics.passive_requests.labels(app.key, "answered", self.metrics.provider_of(app)).inc()
             return passive_answer(app, policy, now, asleep_until or _next_awake(policy, now))
         return asleep_answer(req, app, policy, now, asleep_until)
 

@@ -17,7 +17,7 @@ from typing import Any
 from .config import ConfigError, Settings, read_environment
 from .hooks import parse_hooks_env
 from .logs import format_line
-from .providers import build_provider
+from .providers import build_accounts, read_specs
 from .reloads import ReloadStatus
 from .routes import Routes
 from .rules import Rules, load_config_file
@@ -43,22 +43,24 @@ class Checked:
     config: dict[str, Any]
     rules: Rules
     apps: tuple[str, ...] | None  # None: a PaaS provider lists its apps at the first idle check
+    providers: tuple[str, ...] = ()  # "name: type (regions)" of each account
 
 
 def check(settings: Settings | None = None) -> Checked:
     """Validate everything an instance reads at start-up; :class:`ConfigError` says what is wrong."""
     settings = settings or Settings.from_env()
     config = load_config_file(settings.config_file)
-    rules = Rules(settings, config.get("rules"))
+    specs = read_specs(settings, config)
+    rules = Rules(settings, config.get("rules"), specs)
     Routes(config.get("routes"), str(settings.config_file))
     parse_hooks_env(config, str(settings.config_file))
-    provider = build_provider(settings, config, None)  # no metrics: only checked here
+    accounts = build_accounts(specs, config, None)  # no metrics: only checked here
     try:
-        settings.provider_operation_timeout(provider.name)
-        apps = tuple(app.key for app in provider.list_apps()) if provider.name == "local" else None
+        local = [account for account in accounts if account.type == "local"]
+        apps = tuple(app.key for app in local[0].list_apps()) if local and not accounts.several else None
     finally:
-        provider.close()
-    return Checked(settings, config, rules, apps)
+        accounts.close()
+    return Checked(settings, config, rules, apps, tuple(spec.describe() for spec in specs))
 
 
 def accept() -> Checked:
@@ -137,7 +139,8 @@ def report(
 def summary(checked: Checked, host: str, port: int) -> str:
     """The one line that says what this instance is and how to try it."""
     s = checked.settings
-    apps = str(len(checked.apps)) if checked.apps is not None else f"listed by {s.provider_name} at the first check"
+    names = ",".join(p.split(":")[0] for p in checked.providers) or s.provider_name
+    apps = str(len(checked.apps)) if checked.apps is not None else f"listed by {names} at the first check"
     checks = f"cron {s.checking_cron!r}" if s.checking_cron else f"every {s.checking_interval:g}s"
     events = s.events_store_type
     config = s.config_file.resolve() if s.config_file.is_file() else f"{s.config_file}(absent:no-rules)"
@@ -147,7 +150,7 @@ def summary(checked: Checked, host: str, port: int) -> str:
     dashboard = f"dashboard=http://{s.dashboard_host}{suffix}/" if s.dashboard_host else "dashboard=off"
     try_it = f"curl -H {shlex.quote(f'Host: {example}.localhost{suffix}')} http://{try_host}{suffix}/"
     return (
-        f"paastis ready: provider={s.provider_name} config={config} apps={apps} "
+        f"paastis ready: provider={names} config={config} apps={apps} "
         f"rules={len(checked.rules.rules)} registry={s.registry_type} events={events} "
         f"admin_api={'on' if s.system_api_enabled else 'off'} {dashboard} idle_checks={checks} "
         f"workers={s.workers}x{s.threads} threads - try: {try_it}"

@@ -25,7 +25,7 @@ from . import deadlines, startup
 from . import events as ev
 from .events import EventStoreUnavailable, instance_id
 from .lifecycle import WakeError
-from .providers import RUNNING, UNKNOWN, AppInfo, ProviderError
+from .providers import RUNNING, UNKNOWN, AppInfo, ProviderError, account_of
 from .providers.priority import CallClass, calls_as
 from .proxy import is_system_request
 from .registry import utcnow
@@ -161,7 +161,7 @@ def status_of(app: AppInfo) -> str:
     if app.status:
         return app.status
     paastis = _paastis()
-    if paastis.provider.scheduler is not None:
+    if account_of(paastis.provider, app).scheduler is not None:
         return RUNNING if paastis.registry.get(app.key) is not None else UNKNOWN
     try:
         return paastis.provider.status(app)
@@ -181,6 +181,7 @@ def describe(app: AppInfo, status: str | None = None) -> dict[str, Any]:
     entry = paastis.registry.get(app.key)
     return {
         "name": app.key,
+        "provider": paastis.metrics.provider_of(app),
         "provider_app_name": app.name,
         "region": app.region,
         "status": status or status_of(app),
@@ -231,8 +232,19 @@ def listing_fields() -> dict[str, Any]:
 
 @bp.get("/apps")
 def list_apps() -> Response:
-    """From the directory's cache: reading costs no API call (``POST /apps/refresh`` lists on purpose)."""
-    return jsonify(apps=[describe(app) for app in listed_apps()], **listing_fields())
+    """From the directory's cache: reading costs no API call (``POST /apps/refresh`` lists on purpose).
+
+    ``?provider=NAME``: only that provider's apps (a name in ``providers:``).
+    """
+    wanted = request.args.get("provider")
+    paastis = _paastis()
+    if wanted is not None and wanted not in paastis.provider.accounts:
+        known = ", ".join(paastis.provider.accounts)
+        raise ApiError(400, f"provider {wanted[:100]!r} is not one of this paastis's providers ({known})")
+    apps = listed_apps()
+    if wanted is not None:
+        apps = [app for app in apps if paastis.metrics.provider_of(app) == wanted]
+    return jsonify(apps=[describe(app) for app in apps], **listing_fields())
 
 
 @bp.post("/apps/refresh")
@@ -246,7 +258,7 @@ def refresh_listing(via: str) -> list[AppInfo]:
     """An explicit refresh (admin API, dashboard): rate-limited, and it waits behind every other API call."""
     paastis = _paastis()
     interval = paastis.settings.refresh_interval
-    budget = paastis.settings.provider_operation_timeout(paastis.provider.name)
+    budget = paastis.provider.operation_timeout
     try:
         with deadlines.deadline_at(time.monotonic() + budget), calls_as(CallClass.BACKGROUND):
             apps = paastis.directory.refresh_unless_fresh(interval)
@@ -312,7 +324,7 @@ def put_to_sleep(app: AppInfo, via: str) -> None:
             f"PAASTIS_DRY_RUN=true: {app.key!r} is not stopped" + (" (APP_WOULD_STOP recorded)" if recorded else ""),
         )
     asked_at = utcnow()
-    budget = paastis.settings.provider_operation_timeout(paastis.provider.name)
+    budget = paastis.provider.timeout_of(app)  # its own account's
     started = time.monotonic()
     try:  # the stop runs under the operation's deadline; the answer never waits much longer
         stopped = deadlines.call_within(budget, STOP_GRACE, lambda: paastis.lifecycle.stop(app, "manual"))
@@ -423,8 +435,28 @@ def _provider_state(paastis: Any) -> dict[str, Any]:
     """From the directory: the last listing's outcome (the idle check lists every interval); no API call."""
     apps = paastis.directory.apps()  # lists only if nothing was ever listed
     if paastis.directory.last_error is not None:
-        return {"name": paastis.provider.name, "status": "unreachable", "error": paastis.directory.last_error[:300]}
-    return {"name": paastis.provider.name, "status": "ok", "apps": len(apps)}
+        state = {"name": paastis.provider.name, "status": "unreachable", "error": paastis.directory.last_error[:300]}
+    else:
+        state = {"name": paastis.provider.name, "status": "ok", "apps": len(apps)}
+    return _with_accounts(paastis, state, apps)
+
+
+def _with_accounts(paastis: Any, state: dict[str, Any], apps: list[AppInfo]) -> dict[str, Any]:
+    """With several providers: each one's state (``providers``), from its own last listing."""
+    if not paastis.provider.several:
+        return state
+    counts: dict[str, int] = {}
+    for app in apps:
+        counts[paastis.metrics.provider_of(app)] = counts.get(paastis.metrics.provider_of(app), 0) + 1
+    providers = {}
+    for name, account in paastis.provider.accounts.items():
+        error = paastis.directory.members[name].last_error
+        if error is not None or name in paastis.directory.unanswered:
+            providers[name] = {"type": account.type, "status": "unreachable", "error": (error or "no answer")[:300]}
+        else:
+            providers[name] = {"type": account.type, "status": "ok", "apps": counts.get(name, 0)}
+    state["providers"] = providers
+    return state
 
 
 @bp.get("/health")

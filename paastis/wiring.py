@@ -18,6 +18,7 @@ from . import logs, startup
 from .cli import cli
 from .config import ConfigError, Settings
 from .dashboard import Dashboard, init_dashboard
+from .directories import SeveralDirectories
 from .directory import Directory
 from .dry_run import DryRun
 from .events import EventStore, InMemoryEventStore
@@ -28,7 +29,7 @@ from .marks import InMemoryMarks, Marks, RedisMarks
 from .metrics import Metrics
 from .passive import PassiveVisitors
 from .places import LocalPlaces
-from .providers import Provider, build_provider
+from .providers import Accounts, build_accounts, read_specs
 from .proxy import Proxy, client_body_failure
 from .proxy import bp as proxy_blueprint
 from .registry import InMemoryRegistry, Registry
@@ -67,10 +68,10 @@ class Paastis:
     settings: Settings
     metrics: Metrics
     rules: Rules
-    provider: Provider
+    provider: Accounts  # every account, as one provider that calls each app's own
     registry: Registry
     events: EventStore
-    directory: Directory
+    directory: Directory | SeveralDirectories
     lifecycle: Lifecycle
     supervisor: Supervisor
     proxy: Proxy
@@ -90,6 +91,7 @@ class Paastis:
         self.supervisor.stop()
         self.proxy.close()
         self.lifecycle.close()
+        self.directory.close()
         self.provider.close()
         self.registry.close()
         self.events.close()
@@ -109,13 +111,15 @@ def create_app(
     settings = settings or Settings.from_env()
     logs.configure(settings.log_level, settings.log_format)
     config = load_config_file(settings.config_file) if config is None else config
-    metrics = Metrics()
-    rules = Rules(settings, config.get("rules"))
+    specs = read_specs(settings, config)
+    rules = Rules(settings, config.get("rules"), specs)
+    metrics = Metrics(default_provider=specs[0].name)
     redis_link = build_redis_link(settings)
-    provider = build_provider(settings, config, metrics, redis_link)
+    provider = build_accounts(specs, config, metrics, redis_link)
     registry = build_registry(settings, redis_link)
     events = build_event_store(settings, redis_link, metrics)
-    directory = Directory(provider, rules, settings.directory_ttl)
+    directory = build_directory(provider, rules, settings.directory_ttl)
+    metrics.provider_of_key = lambda key: provider_of_key(directory, metrics, key)
     hooks = HookRunner(
         provider=provider.name,
         region=settings.env.get("PROVIDER_REGION"),
@@ -127,7 +131,8 @@ def create_app(
             parse_hooks_env(config, str(settings.config_file)),
             passthrough(settings.hooks_env_passthrough, settings.env.values),
         ),
-        redact=Redactor.of(settings.env.values),
+        redact=redactor(settings, provider),
+        accounts={a.name: (a.type, a.region) for a in provider} if provider.several else None,
     )
     marks = build_marks(registry)
     dry_run = DryRun(registry, events, marks) if settings.dry_run else None
@@ -144,7 +149,8 @@ def create_app(
         events,
         hooks,
         metrics,
-        operation_timeout=settings.provider_operation_timeout(provider.name),
+        operation_timeout=provider.operation_timeout,
+        timeout_of=provider.timeout_of,
         dry_run=dry_run,
         close_connections=upgrades.close_app,
         stop_concurrency=settings.stop_concurrency,
@@ -152,7 +158,16 @@ def create_app(
         **({"cluster_lock": lock} if (lock := build_cluster_lock(settings, redis_link)) else {}),
     )
     savings = Savings(
-        events, registry, rules, provider.name, settings.currency, settings.timezone, settings.dry_run, marks
+        events,
+        registry,
+        rules,
+        provider.first.type,
+        settings.currency,
+        settings.timezone,
+        settings.dry_run,
+        marks,
+        accounts={account.name: account.type for account in provider},
+        provider_of_key=metrics.provider_of_key,
     )
     metrics.registry.register(savings)  # paastis_app_asleep_seconds_total and friends, computed at scrape time
     runner = ScheduleRunner(lifecycle, provider, directory, rules, registry, marks)
@@ -207,10 +222,37 @@ def create_app(
         paastis.dashboard = init_dashboard(app, settings, wake_times, paastis.throttle)
     if start_supervisor:
         supervisor.start()
-    listed = tuple(app.key for app in provider.list_apps()) if provider.name == "local" else None
+    listed = (
+        tuple(app.key for app in provider.list_apps())
+        if provider.first.type == "local" and not provider.several
+        else None
+    )
     startup.report(settings, rules, apps=listed)  # once per instance: under gunicorn the master already did
     log.debug("worker ready: provider=%s registry=%s", provider.name, settings.registry_type)
     return app
+
+
+def redactor(settings: Settings, accounts: Accounts) -> Redactor:
+    """Secrets never reach a hook's logged output: paastis's own, and those the accounts' ``*_env`` keys name."""
+    named = [settings.env.values.get(name, "") for name in accounts.secret_variables]
+    return Redactor([*Redactor.of(settings.env.values).values, *named])
+
+
+def build_directory(accounts: Accounts, rules: Rules, ttl: float) -> Directory | SeveralDirectories:
+    """One account: its directory, as always. Several: one each, asked as one (see :mod:`paastis.directories`)."""
+    if accounts.several:
+        return SeveralDirectories(accounts, rules, ttl)
+    return Directory(accounts, rules, ttl)
+
+
+def provider_of_key(directory: Directory | SeveralDirectories, metrics: Metrics, key: str) -> str:
+    """The account of an app known by its key alone, from the cached listings (never a call)."""
+    if isinstance(directory, SeveralDirectories):
+        for member in directory.members.values():
+            app = member.cached(key)
+            if app is not None:
+                return metrics.provider_of(app)
+    return metrics.default_provider
 
 
 def websocket_idle_timeout(settings: Settings, rules: Rules) -> Callable[[str], float]:

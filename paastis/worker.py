@@ -480,7 +480,8 @@ class PaastisWorker(TakeoverMixin, ThreadWorker):
 
     def _gauge(self, key: str | None) -> None:
         if key is not None and self.paastis is not None:
-            self.paastis.metrics.queued_requests.labels(key).set(self.admission.queued_for(key))
+            metrics = self.paastis.metrics
+            metrics.queued_requests.labels(key, metrics.provider_of_key(key)).set(self.admission.queued_for(key))
 
     def _refuse(self, conn: Connection, reason: str, why: str) -> None:
         """The only refusals: a 503 naming the app, with Retry-After, written without waiting, then a close."""
@@ -489,7 +490,8 @@ class PaastisWorker(TakeoverMixin, ThreadWorker):
             self.log.warning("app %s: answering 503 to requests that cannot wait: %s", key, why)
         if self.paastis is not None:
             self.paastis.metrics.refused_requests.labels(reason).inc()
-            self.paastis.metrics.proxied_requests.labels(key, "503").inc()
+            metrics = self.paastis.metrics
+            metrics.proxied_requests.labels(key, "503", metrics.provider_of_key(key)).inc()
         body = json.dumps({"error": f"app {key!r} is busy: {why}; retry shortly", "status": 503}) + "\n"
         _send_quietly(conn.sock, busy_response(body))
         self.nr_conns -= 1

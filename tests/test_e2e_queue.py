@@ -143,7 +143,7 @@ def test_a_full_queue_refuses_at_once(paastis_with, upstreams):
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(paastis.get, "/hang", host="rec.localhost", timeout=120) for _ in range(4)]
         wait_until(lambda: len(upstreams["rec"].hits_for("/hang")) == 2, 30, what="both threads to be taken")
-        queued = 'paastis_queued_requests{app="rec"} 2.0'
+        queued = 'paastis_queued_requests{app="rec",provider="local"} 2.0'
         wait_until(lambda: queued in metrics(paastis), 30, what="the two others to be queued")
         extra = paastis.get("/hang", host="rec.localhost", timeout=30)
         upstreams["rec"].released.set()

@@ -147,9 +147,9 @@ def test_a_monitor_neither_wakes_nor_keeps_an_app_awake(tmp_path, gunicorn_facto
     assert 200 in codes and codes[-1] == 503  # proxied while awake, answered by paastis once asleep
     assert starts(tmp_path) == 1
     metrics = api(paastis, "GET", "/metrics").text
-    assert 'paastis_passive_requests_total{app="demo",outcome="proxied"}' in metrics
-    assert 'paastis_passive_requests_total{app="demo",outcome="answered"}' in metrics
-    assert 'paastis_passive_requests_total{app="green",outcome="answered"} 2.0' in metrics
+    assert 'paastis_passive_requests_total{app="demo",outcome="proxied",provider="local"}' in metrics
+    assert 'paastis_passive_requests_total{app="demo",outcome="answered",provider="local"}' in metrics
+    assert 'paastis_passive_requests_total{app="green",outcome="answered",provider="local"} 2.0' in metrics
     assert "stopping demo (idle)" in paastis.logs()
 
 
@@ -248,8 +248,8 @@ def test_savings_for_a_scripted_day_match_the_stops_and_starts(tmp_path, gunicor
     assert demo["money_saved"] == pytest.approx(demo["asleep_hours"] * 0.1, abs=0.01)  # 73/month = 0.1/h
     assert report["currency"] == "EUR" and report["total"]["asleep_hours"] == demo["asleep_hours"]
     metrics = api(again, "GET", "/metrics").text
-    assert 'paastis_app_asleep_seconds_total{app="demo"}' in metrics
-    assert 'paastis_app_awake_seconds_total{app="demo"}' in metrics
+    assert 'paastis_app_asleep_seconds_total{app="demo",provider="local"}' in metrics
+    assert 'paastis_app_awake_seconds_total{app="demo",provider="local"}' in metrics
     bad = api(again, "GET", "/savings", params={"since": "yesterday"})
     assert bad.status_code == 400 and "ISO 8601" in bad.json()["error"]
     backwards = api(again, "GET", "/savings", params={"since": ended.isoformat(), "until": began.isoformat()})

@@ -195,7 +195,7 @@ def test_open_connections_show_in_the_admin_api_and_metrics(tmp_path, gunicorn_f
     described = admin(paastis, "/apps/demo").json()
     assert described["websockets"] == 3
     assert described["requests_in_flight"] == 3  # they carry traffic: the registry counts them
-    assert 'paastis_websockets_open{app="demo"} 3.0' in admin(paastis, "/metrics").text
+    assert 'paastis_websockets_open{app="demo",provider="local"} 3.0' in admin(paastis, "/metrics").text
     sockets.pop().close()
     wait_until(lambda: admin(paastis, "/apps/demo").json()["websockets"] == 2, 10, what="one connection fewer")
     for ws in sockets:

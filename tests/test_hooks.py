@@ -33,6 +33,19 @@ def test_the_app_and_occasion_reach_the_hook_as_environment(tmp_path):
     assert results == [("before_start", True), ("after_stop", True)]
 
 
+def test_each_app_s_hooks_name_its_own_provider_its_type_and_its_region(tmp_path):
+    environment = {"PATH": os.environ["PATH"], "HOOK_LOG": str(tmp_path / "hooks.log")}
+    accounts = {"paris": ("scalingo", "osc-fr1"), "us": ("heroku", None)}
+    hooks = runner(provider="several", region=None, environment=environment, accounts=accounts)
+    dump = ENV_DUMP.replace('"$PAASTIS_REASON"', '"$PAASTIS_PROVIDER_TYPE"')
+    assert hooks.run("before_start", dump, "shop", "request", provider="paris")
+    assert hooks.run("before_stop", dump, "front", "idle", region="eu", provider="us")
+    assert (tmp_path / "hooks.log").read_text().splitlines() == [
+        "shop|before_start|paris|osc-fr1|scalingo",  # no region of its own: its provider's
+        "front|before_stop|us|eu|heroku",
+    ]
+
+
 def test_a_hostile_app_name_is_data_never_code(tmp_path):
     hostile = "x\"; touch pwned-1; echo '$(touch pwned-2)' `touch pwned-3` && touch pwned-4 #"
     out = tmp_path / "name.txt"

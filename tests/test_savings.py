@@ -113,3 +113,30 @@ def test_a_period_starting_while_an_app_is_awake_and_held_asleep_by_a_dry_run_co
     savings = Savings(store, InMemoryRegistry(), rules([]), "local", "EUR", "UTC", True, InMemoryMarks())
     (shop,) = savings.report(at(0), at(10))["apps"]
     assert shop["awake_hours"] == pytest.approx(10) and shop["would_sleep_hours"] == pytest.approx(6)
+
+
+def test_each_provider_has_its_totals_and_each_app_its_own_provider_s_prices():
+    store = InMemoryEventStore()
+    for event in [
+        Event(type="APP_STOPPED", app="shop", reason="idle", timestamp=at(0), provider="paris"),
+        Event(type="APP_STARTED", app="shop", reason="request", timestamp=at(6), provider="paris"),
+        Event(type="APP_STOPPED", app="front", reason="idle", timestamp=at(0), provider="us"),
+        Event(type="APP_STOPPED", app="tool", reason="idle", timestamp=at(0), provider="here"),
+    ]:
+        store.add(event)
+    registry = InMemoryRegistry()
+    registry.remember("shop", {"containers": [{"name": "web", "amount": 1, "size": "M"}]})
+    registry.remember("front", {"formation": [{"type": "web", "quantity": 1, "size": "Standard-1X"}]})
+    accounts = {"paris": "scalingo", "us": "heroku", "here": "local"}
+    savings = Savings(store, registry, rules([]), "scalingo", "EUR", "UTC", False, InMemoryMarks(), accounts=accounts)
+    report = savings.report(at(0), at(12))
+    by_app = {a["app"]: a for a in report["apps"]}
+    assert {name: a["provider"] for name, a in by_app.items()} == {"shop": "paris", "front": "us", "tool": "here"}
+    assert by_app["shop"]["price_per_hour"] == pytest.approx(14.40 / HOURS_PER_MONTH, abs=1e-6)  # Scalingo's table
+    assert "not EUR" in by_app["front"]["price_source"]  # Heroku's table is in USD
+    assert report["providers"]["paris"]["asleep_hours"] == 6 and report["providers"]["paris"]["awake_hours"] == 6
+    assert report["providers"]["us"]["asleep_hours"] == 12 and report["providers"]["us"]["apps_without_price"] == [
+        "front"
+    ]
+    assert report["providers"]["here"]["asleep_hours"] == 12
+    assert report["total"]["asleep_hours"] == 30

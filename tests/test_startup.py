@@ -79,8 +79,8 @@ def refused_start(tmp_path: Path, env: dict[str, str], files: dict[str, str]) ->
         ),
         (
             {},
-            {"paastis.yml": "rules:\n  - pattern: demo\n    provider_zone: par\n"},
-            "rule #0 (pattern 'demo'): provider_zone not supported yet",
+            {"paastis.yml": "rules:\n  - pattern: demo\n    provider_name: heroku\n"},
+            "rule #0 (pattern 'demo'): no provider matches provider_name 'heroku' (this paastis has local (local))",
         ),
         (
             {"START_AND_STOP_CHECKING_INTERVAL": "30", "START_AND_STOP_CHECKING_INTERVAL_CRON": "* * * * *"},

@@ -119,8 +119,10 @@ def test_get_apps_lists_provider_apps_merged_with_the_registry(client):
     demo = call(client, "GET", "/apps/demo").get_json()
     assert demo["status"] == "running" and demo["monitored"] is True
     assert datetime.fromisoformat(demo["last_accessed_at"]).utcoffset() == timedelta(0)
+    assert demo["provider"] == "local"  # the one provider, named by its type without providers:
     assert set(demo) == {
         "name",
+        "provider",
         "provider_app_name",
         "region",
         "status",
@@ -201,7 +203,7 @@ def test_events_are_filtered_and_parameters_validated(client):
     all_events = call(client, "GET", "/events").get_json()
     assert [(e["type"], e["app"]) for e in all_events["events"]] == [("APP_STOPPED", "demo"), ("APP_STARTED", "demo")]
     first = all_events["events"][0]
-    assert set(first) == {"type", "app", "reason", "timestamp", "duration", "instance", "message"}
+    assert set(first) == {"type", "app", "reason", "timestamp", "duration", "instance", "message", "provider"}
     assert datetime.fromisoformat(first["timestamp"]).tzinfo is not None
     assert [e["app"] for e in call(client, "GET", "/events?type=app_stopped").get_json()["events"]] == ["demo"]
     assert call(client, "GET", "/events?limit=1").get_json()["count"] == 1
@@ -248,10 +250,10 @@ def test_metrics_move_when_requests_flow(client):
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/plain; version=")
     text = response.get_data(as_text=True)
-    assert 'paastis_proxied_requests_total{app="demo",status="200"} 3.0' in text
-    assert 'paastis_proxied_requests_total{app="demo",status="418"} 1.0' in text
-    assert 'paastis_wakes_total{app="demo",outcome="success"} 1.0' in text
-    assert 'paastis_wake_duration_seconds_count{app="demo"} 1.0' in text
+    assert 'paastis_proxied_requests_total{app="demo",provider="local",status="200"} 3.0' in text
+    assert 'paastis_proxied_requests_total{app="demo",provider="local",status="418"} 1.0' in text
+    assert 'paastis_wakes_total{app="demo",outcome="success",provider="local"} 1.0' in text
+    assert 'paastis_wake_duration_seconds_count{app="demo",provider="local"} 1.0' in text
     assert 'paastis_hook_runs_total{hook="before_start",outcome="success"} 1.0' in text
     assert "paastis_registry_size 1.0" in text
     assert "paastis_leader 0.0" in text
@@ -291,7 +293,7 @@ def test_the_api_through_gunicorn(tmp_path, gunicorn_factory):
 
     wait_until(lambda: listed_status() == "stopped", 5, what="GET /apps to show the app stopped")
     metrics = paastis.get("/metrics", host="paastis.localhost", headers=SYSTEM).text
-    assert 'paastis_idle_stops_total{app="demo"} 1.0' in metrics
+    assert 'paastis_idle_stops_total{app="demo",provider="local"} 1.0' in metrics
     assert "paastis_leader 1.0" in metrics
     started = paastis.request("POST", "/apps/demo/start", host="paastis.localhost", headers=SYSTEM)
     assert started.status_code == 200 and port_open(port)

@@ -144,6 +144,7 @@ def row(app: AppInfo, latest: dict[str, Event]) -> dict[str, Any]:
     data["deadline_ms"] = None if data["stops_in"] is None else int((time.time() + data["stops_in"]) * 1000)
     data["last_wake"] = latest.get(app.key)
     data["schedule_lines"] = schedule_lines(data.get("schedule"))
+    data["several_providers"] = current_app.extensions["paastis"].provider.several  # then each row says which
     return data
 
 
@@ -202,6 +203,7 @@ def events_page() -> str:
         page=page,
         has_next=len(found) > page * EVENTS_PER_PAGE and page < MAX_EVENT_PAGES,
         problems=problems,
+        several_providers=current_app.extensions["paastis"].provider.several,
     )
 
 

@@ -69,7 +69,9 @@ class Lifecycle:
         close_connections: Callable[[str], None] = lambda key: None,
         stop_concurrency: int = 4,
         leading: Callable[[], bool] = lambda: True,
+        timeout_of: Callable[[AppInfo], float] | None = None,
     ):
+        """``timeout_of``: an app's own operation timeout (its account's); default ``operation_timeout``."""
         self.operation_timeout = operation_timeout
         self.directory = directory
         self.registry = registry
@@ -77,7 +79,7 @@ class Lifecycle:
         self.lookup = AppLookup(provider, directory, rules)
         self.flights = Flights()
         self.journal = Journal(registry, events)
-        self.readiness = Readiness(provider, self.lookup, operation_timeout)
+        self.readiness = Readiness(provider, self.lookup, operation_timeout, timeout_of)
         self.waker = Waker(
             provider,
             registry,
@@ -91,6 +93,7 @@ class Lifecycle:
             self.journal,
             cluster_lock,
             operation_timeout,
+            timeout_of,
         )
         self.stopper = Stopper(
             provider,

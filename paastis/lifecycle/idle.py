@@ -65,7 +65,9 @@ class IdleCheck:
         self.flights = flights
         self.journal = journal
         self.stopper = stopper
-        self._pool = ThreadPoolExecutor(max_workers=stop_concurrency, thread_name_prefix="paastis-stop")
+        self.stop_concurrency = stop_concurrency
+        self._pools: dict[str, ThreadPoolExecutor] = {}  # one per account: a hung API holds only its own stops
+        self._closed = False
         self._stopping: set[str] = set()  # queued or under way
         self._futures: set[Future[None]] = set()
         self._lock = threading.Lock()
@@ -137,7 +139,11 @@ class IdleCheck:
     def close(self, timeout: float = 30.0) -> None:
         """Cancel queued stops and wait (at most ``timeout`` seconds) for those under way: the provider
         and the registry they use are closed next, and a stop cut in half would lose its event or memo."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._closed = True
+            pools = list(self._pools.values())
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)
         self._reader.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             running = [future for future in self._futures if not future.done()]
@@ -147,19 +153,30 @@ class IdleCheck:
             if late:
                 log.warning("%d stop(s) still running after %gs: shutting down anyway", len(late), timeout)
 
+    def _pool(self, app: AppInfo) -> ThreadPoolExecutor:
+        """The stop pool of ``app``'s account (under ``self._lock``); RuntimeError once closed."""
+        if self._closed:
+            raise RuntimeError("the idle check is closed")
+        pool = self._pools.get(app.provider)
+        if pool is None:
+            prefix = f"paastis-stop-{app.provider}" if app.provider else "paastis-stop"
+            pool = self._pools[app.provider] = ThreadPoolExecutor(self.stop_concurrency, thread_name_prefix=prefix)
+        return pool
+
     # -- one tick ---------------------------------------------------------------
 
     def _decide(self, apps: list[AppInfo]) -> None:
         entries = {entry.key: entry for entry in self.registry.all()}  # the tick's one snapshot
         listed = self.lookup.tracked(apps, list(entries.values()))
+        held = self.directory.held_keys()  # an account that did not answer: its apps stay as they are
         for app in listed.values():
             self._sync(app, entries)
-        for key in [key for key in entries if key not in listed]:
+        for key in [key for key in entries if key not in listed and key not in held]:
             self.journal.forgotten(key, "idle", "the provider no longer lists it (or a renamed key holds it)")
             del entries[key]
         self._formation_known &= set(entries)  # a stopped app's next run may have another formation
-        holders = self._holders(entries)
-        idle = [listed[key] for key in self._idle_keys(entries, holders)]
+        holders = self._holders(entries)  # held apps still hold what they link to
+        idle = [listed[key] for key in self._idle_keys(entries, holders) if key in listed]
         for app in idle:
             self._queue_stop(app, holders.get(app.key, set()))
         self._report(len(apps), len(entries), len(idle))
@@ -210,9 +227,18 @@ class IdleCheck:
         known = app.key in entries
         if status == RUNNING and not known:
             entries[app.key] = self.journal.registered(app, "discovered", ev.APP_REGISTERED)  # found running
-        elif status in (STOPPED, FAILED) and known:  # crashed: forgotten, so the next request wakes it
+        elif status in (STOPPED, FAILED) and known and not self._woken_since_listed(app, entries[app.key]):
+            # crashed: forgotten, so the next request wakes it
             self.journal.forgotten(app.key, "idle", f"found {status}")
             del entries[app.key]
+
+    def _woken_since_listed(self, app: AppInfo, entry: RunningApp) -> bool:
+        """Registered after its listing was asked for: the listing's "stopped" is older than the wake.
+
+        (A status asked for just now, when the listing did not tell, is never older.)
+        """
+        began = self.directory.listing_began(app) if app.status is not None else None
+        return began is not None and entry.started_at > began
 
     def _report(self, listed: int, running: int, idle: int) -> None:
         self.metrics.registry_size.set(running)
@@ -228,7 +254,7 @@ class IdleCheck:
                 return
             self._stopping.add(app.key)
             try:
-                future = self._pool.submit(self._stop, app, holders)
+                future = self._pool(app).submit(self._stop, app, holders)
             except RuntimeError:  # shutting down
                 self._stopping.discard(app.key)
                 return
@@ -299,8 +325,8 @@ class IdleCheck:
             self._formation_known.add(key)
             return
         app = self.directory.cached(key)
-        if app is None:
-            return
+        if app is None or app.provider in getattr(self.directory, "unanswered", ()):
+            return  # (an account whose API did not answer the listing would hold the one reader too)
         try:
             memo = self.provider.read_ahead(app)
         except ProviderError as error:

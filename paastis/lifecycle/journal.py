@@ -34,7 +34,7 @@ class Journal:
         now = utcnow()
         entry = RunningApp(key=app.key, started_at=now, last_accessed_at=now)
         self.registry.register(entry)
-        self.emit(event, app.key, reason, duration=duration)
+        self.emit(event, app.key, reason, duration=duration, provider=app.provider or None)
         return entry
 
     def forgotten(self, key: str, reason: str, why: str) -> None:

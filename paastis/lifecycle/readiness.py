@@ -13,7 +13,7 @@ from collections.abc import Callable
 import requests
 
 from .. import deadlines
-from ..providers import FAILED, RUNNING, STOPPED, AppInfo, Provider, ProviderError
+from ..providers import FAILED, RUNNING, STOPPED, AppInfo, Provider, ProviderError, account_of
 from .errors import WakeError, wake_timeout
 from .lookup import AppLookup
 
@@ -26,10 +26,17 @@ DOWN_CHECK_INTERVAL = 30.0  # seconds between provider checks of an app whose ro
 
 
 class Readiness:
-    def __init__(self, provider: Provider, lookup: AppLookup, operation_timeout: float):
+    def __init__(
+        self,
+        provider: Provider,
+        lookup: AppLookup,
+        operation_timeout: float,
+        timeout_of: Callable[[AppInfo], float] | None = None,
+    ):
         self.provider = provider
         self.lookup = lookup
         self.operation_timeout = operation_timeout
+        self.timeout_of = timeout_of or (lambda app: operation_timeout)
         self._down_checks: dict[str, float] = {}
         self._probe = requests.Session()
 
@@ -37,9 +44,10 @@ class Readiness:
         """Running for the platform, and (where the provider wants it) answering through its router."""
         if status != RUNNING:
             return False
-        if not self.provider.probe_upstream:
+        provider = account_of(self.provider, app)
+        if not provider.probe_upstream:
             return True
-        url = self.lookup.upstream_url(app) + (self.provider.ready_path(app) or "/")
+        url = self.lookup.upstream_url(app) + (provider.ready_path(app) or "/")
         try:
             response = self._probe.get(url, timeout=deadlines.timeout(5), allow_redirects=False, stream=True)
             response.close()
@@ -49,23 +57,24 @@ class Readiness:
 
     def wait_ready(self, app: AppInfo, deadline: float) -> None:
         """Poll the provider (at its own pace) and the upstream until the app answers."""
+        provider = account_of(self.provider, app)  # its own account's pace
         next_status_at = 0.0
         platform_running = False
         while True:
             now = time.monotonic()
             if now >= next_status_at:
-                status = self.provider.status(app)
-                next_status_at = now + self.provider.poll_interval
+                status = provider.status(app)
+                next_status_at = now + provider.poll_interval
                 if status == FAILED:
-                    detail = self.provider.failure(app)
+                    detail = provider.failure(app)
                     why = f": {detail}" if detail else ""
-                    raise WakeError(app.key, f"{self.provider.name} reports that app {app.key!r} failed to start{why}")
+                    raise WakeError(app.key, f"{provider.name} reports that app {app.key!r} failed to start{why}")
                 platform_running = status == RUNNING
             if self.ready(app, RUNNING if platform_running else STOPPED):
                 return
             if time.monotonic() >= deadline:
-                raise wake_timeout(app.key, self.operation_timeout)
-            time.sleep(min(PROBE_INTERVAL, self.provider.poll_interval))
+                raise wake_timeout(app.key, self.timeout_of(app))
+            time.sleep(min(PROBE_INTERVAL, provider.poll_interval))
 
     def router_says_down(self, app: AppInfo, status: int) -> bool:
         """A PaaS router answered 502/503 for an app we believe awake: was it stopped behind our back?
@@ -73,7 +82,7 @@ class Readiness:
         Asks the provider at most once per app every ``DOWN_CHECK_INTERVAL`` seconds, so an
         app that answers 503 itself cannot spend the API quota.
         """
-        if status not in DOWN_STATUSES or not self.provider.probe_upstream:
+        if status not in DOWN_STATUSES or not account_of(self.provider, app).probe_upstream:
             return False
         now = time.monotonic()
         if now - self._down_checks.get(app.key, -DOWN_CHECK_INTERVAL) < DOWN_CHECK_INTERVAL:

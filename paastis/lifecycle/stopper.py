@@ -145,9 +145,9 @@ class Stopper:
     ) -> bool:
         started = time.monotonic()
         try:
-            self.hooks.run("before_stop", hooks.get("before_stop"), app.name, reason, app.region)
+            self.hooks.run("before_stop", hooks.get("before_stop"), app.name, reason, app.region, app.provider)
         except HookFailed as error:
-            self.journal.emit(ev.APP_STOP_FAILED, app.key, reason, message=str(error))
+            self.journal.emit(ev.APP_STOP_FAILED, app.key, reason, message=str(error), provider=app.provider or None)
             return False
         unattended = reason in UNATTENDED
         if unattended and not self._still_idle(app, still_idle):  # the hook took time: looked at again
@@ -169,17 +169,18 @@ class Stopper:
             if entry is not None:
                 self.registry.register(entry)  # still running as far as we know: lose nothing
             log.error("could not stop %s: %s", app.key, error)
-            self.journal.emit(ev.APP_STOP_FAILED, app.key, reason, message=str(error))
+            self.journal.emit(ev.APP_STOP_FAILED, app.key, reason, message=str(error), provider=app.provider or None)
             return False
         if memo:
             self.registry.remember(app.key, memo)
         self._note_stopped(app)
         took = time.monotonic() - started
         log.info("stopped %s after %.2fs", app.key, took)  # the match of a wake's "ready after"
-        self.journal.emit(ev.APP_STOPPED, app.key, reason, duration=took)
+        self.journal.emit(ev.APP_STOPPED, app.key, reason, duration=took, provider=app.provider or None)
         if reason == "idle":
-            self.metrics.idle_stops.labels(app.key).inc()
-        self.hooks.run_in_background("after_stop", hooks.get("after_stop"), app.name, reason, app.region)
+            self.metrics.idle_stops.labels(app.key, self.metrics.provider_of(app)).inc()
+        after = hooks.get("after_stop")
+        self.hooks.run_in_background("after_stop", after, app.name, reason, app.region, app.provider)
         return True
 
     def _note_stopped(self, app: AppInfo) -> None:

@@ -61,6 +61,7 @@ class Waker:
         journal: Journal,
         cluster_lock: ClusterLock,
         operation_timeout: float,
+        timeout_of: Callable[[AppInfo], float] | None = None,
     ):
         self.provider = provider
         self.registry = registry
@@ -74,6 +75,7 @@ class Waker:
         self.journal = journal
         self.cluster_lock = cluster_lock
         self.operation_timeout = operation_timeout
+        self.timeout_of = timeout_of or (lambda app: operation_timeout)  # each account's own deadline
         self._failures: dict[str, tuple[str, float]] = {}
         self._undone: dict[str, str] = {}  # app key -> what a failed start's cleanup did, for its error
 
@@ -125,7 +127,7 @@ class Waker:
         so that a waiter's time is bounded whatever the provider's API does: the waiter stops
         waiting at the deadline even if a call somewhere below ignores it.
         """
-        deadline = time.monotonic() + self.operation_timeout
+        deadline = time.monotonic() + self.timeout_of(app)
         while True:
             if not recheck and self.registry.get(app.key) is not None and not self.flights.busy(app.key):
                 return
@@ -135,7 +137,7 @@ class Waker:
                     self.registry.unregister(app.key)
                 self._start_in_background(app, reason, flight, deadline)
             if not flight.done.wait(max(0.0, deadline + WAKE_GRACE - time.monotonic())):
-                raise wake_timeout(app.key, self.operation_timeout)
+                raise wake_timeout(app.key, self.timeout_of(app))
             if flight.kind == "start":
                 if flight.error is not None:
                     raise flight.error
@@ -175,10 +177,10 @@ class Waker:
         except ProviderError as error:  # cut at the deadline, or failing at it: the 504 the README promises
             late = isinstance(error, ProviderTimeout) or time.monotonic() >= deadline
             flight.error = (
-                wake_timeout(app.key, self.operation_timeout, error) if late else WakeError(app.key, str(error))
+                wake_timeout(app.key, self.timeout_of(app), error) if late else WakeError(app.key, str(error))
             )
         except deadlines.DeadlinePassed:
-            flight.error = wake_timeout(app.key, self.operation_timeout)
+            flight.error = wake_timeout(app.key, self.timeout_of(app))
         except HookFailed as error:
             flight.error = WakeError(app.key, str(error))
         except Exception as error:  # noqa: BLE001 - a bug must not leave waiters hanging
@@ -206,7 +208,7 @@ class Waker:
                     self._start(app, reason, deadline)
                     return
             if time.monotonic() >= deadline:
-                raise wake_timeout(app.key, self.operation_timeout)
+                raise wake_timeout(app.key, self.timeout_of(app))
             waited = True
             time.sleep(CLUSTER_POLL_INTERVAL)
 
@@ -219,7 +221,7 @@ class Waker:
         if not policy.managed:
             raise NotManaged(app.key, f"app {app.key!r} is not running and is not managed by paastis")
         started = time.monotonic()
-        self.hooks.run("before_start", policy.hooks.get("before_start"), app.name, reason, app.region)
+        self.hooks.run("before_start", policy.hooks.get("before_start"), app.name, reason, app.region, app.provider)
         log.info("starting %s (%s)", app.key, reason)
         try:
             running = self.provider.start(app, self.registry.recall(app.key))
@@ -234,10 +236,12 @@ class Waker:
         duration = time.monotonic() - started
         self.directory.note(app, RUNNING)
         self.journal.registered(app, reason, ev.APP_STARTED, duration)
-        self.metrics.wakes.labels(app.key, "success").inc()
-        self.metrics.wake_duration.labels(app.key).observe(duration)
+        provider = self.metrics.provider_of(app)
+        self.metrics.wakes.labels(app.key, "success", provider).inc()
+        self.metrics.wake_duration.labels(app.key, provider).observe(duration)
         log.info("%s is ready after %.2fs", app.key, duration)
-        self.hooks.run_in_background("after_start", policy.hooks.get("after_start"), app.name, reason, app.region)
+        after = policy.hooks.get("after_start")
+        self.hooks.run_in_background("after_start", after, app.name, reason, app.region, app.provider)
 
     def _abandon(self, app: AppInfo) -> None:
         """A start that failed or timed out must leave nothing running; remember what was undone for its error.
@@ -265,5 +269,13 @@ class Waker:
         if isinstance(error, UnknownApp | NotManaged):
             return
         log.error("could not wake %s: %s", app.key, error.message)
-        self.metrics.wakes.labels(app.key, "timeout" if isinstance(error, WakeTimeout) else "failure").inc()
-        self.journal.emit(ev.APP_START_FAILED, app.key, reason, duration=duration, message=error.message)
+        outcome = "timeout" if isinstance(error, WakeTimeout) else "failure"
+        self.metrics.wakes.labels(app.key, outcome, self.metrics.provider_of(app)).inc()
+        self.journal.emit(
+            ev.APP_START_FAILED,
+            app.key,
+            reason,
+            duration=duration,
+            message=error.message,
+            provider=app.provider or None,
+        )

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING
 
 from ..config import Settings
+from .accounts import Account, Accounts, ProviderSpec, build_accounts, read_specs
 from .base import (
     FAILED,
     RUNNING,
@@ -24,6 +24,11 @@ if TYPE_CHECKING:  # prometheus_client is not needed to build a provider (gunico
     from ..metrics import Metrics
 
 __all__ = [
+    "Account",
+    "Accounts",
+    "ProviderSpec",
+    "account_of",
+    "read_specs",
     "FAILED",
     "RUNNING",
     "STARTING",
@@ -38,20 +43,18 @@ __all__ = [
     "build_provider",
 ]
 
-MODULES = {
-    "local": "local:LocalProvider",
-    "scalingo": "scalingo:ScalingoProvider",
-    "heroku": "heroku:HerokuProvider",
-    "clever-cloud": "clever_cloud:CleverCloudProvider",
-}
 
+def build_provider(settings: Settings, config: dict, metrics: Metrics | None, redis_link: object = None) -> Accounts:
+    """Every account of this instance (``providers:`` in paastis.yml, else the one of ``PROVIDER_NAME``).
 
-def build_provider(settings: Settings, config: dict, metrics: Metrics | None, redis_link: object = None) -> Provider:
-    """Instantiate the provider named by ``PROVIDER_NAME`` (only its module is imported); it validates its settings.
-
+    Only the modules of the types in use are imported; each provider validates its settings.
     ``redis_link`` is the instance's :class:`~paastis.redis_link.RedisLink`, if it uses Redis:
     a provider that shares its API budget across processes counts calls through it.
     """
-    module_name, class_name = MODULES[settings.provider_name].split(":")
-    module = import_module(f"{__name__}.{module_name}")
-    return getattr(module, class_name).from_settings(settings, config, metrics, redis_link=redis_link)
+    return build_accounts(read_specs(settings, config), config, metrics, redis_link)
+
+
+def account_of(provider: Provider, app: AppInfo) -> Provider:
+    """The provider that serves ``app``: its account among several, else ``provider`` itself."""
+    of = getattr(provider, "of", None)
+    return of(app) if of is not None else provider

@@ -33,6 +33,7 @@ class AppInfo:
     status: str | None = None
     region: str | None = None
     aliases: tuple[str, ...] = ()
+    provider: str = ""  # the account that lists it (its name in providers:); stamped by the account
 
 
 class ProviderError(Exception):
