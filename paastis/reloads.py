@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import mmap
+import os
 import signal
 import struct
 import time
@@ -124,6 +125,28 @@ def install(
     attribute of the instance takes over without changing gunicorn.
     """
     server.handle_hup = lambda: safe_reload(server, check, status, error_line)
+    server.paastis_draining = {}
+    server.reap_workers = lambda: reap_drained(server)
+
+
+def reap_drained(server: Any) -> None:
+    """Reap the replaced workers that ended, with gunicorn's ``child_exit`` hook (which frees their counts).
+
+    They left ``server.WORKERS`` when they began draining, so gunicorn's own reaping (``waitpid(-1)``)
+    would take them as strangers: they are reaped here first, by pid.
+    """
+    from gunicorn.arbiter import Arbiter
+
+    for pid, worker in list(server.paastis_draining.items()):
+        try:
+            ended = os.waitpid(pid, os.WNOHANG)[0] == pid
+        except ChildProcessError:
+            ended = True
+        if ended:
+            del server.paastis_draining[pid]
+            worker.tmp.close()
+            server.cfg.child_exit(server, worker)
+    Arbiter.reap_workers(server)
 
 
 def safe_reload(
@@ -157,7 +180,9 @@ def replace_workers(server: Any, old: tuple[int, ...]) -> None:
     await_boot(server, [pid for pid in server.WORKERS if pid not in old])
     for pid in old:
         server.kill_worker(pid, signal.SIGTERM)
-        server.WORKERS.pop(pid, None)
+        worker = server.WORKERS.pop(pid, None)  # draining: neither counted as serving nor timed out
+        if worker is not None:
+            server.paastis_draining[pid] = worker
 
 
 def await_boot(server: Any, pids: list[int], timeout: float = BOOT_WAIT) -> bool:
