@@ -111,6 +111,23 @@ def test_stop_remembers_the_formation_and_start_restores_it_exactly(platforms):
     assert shop.quantities() == {"web": 1, "worker": 0, "clock": 0}
 
 
+def test_a_formation_read_ahead_makes_the_stop_one_call(platforms):
+    platform = platforms()
+    shop = platform.add_app("shop", formation={"web": (2, "Basic"), "worker": (1, "Basic")}, running=True)
+    provider = provider_for(platform)
+    memo = json.loads(json.dumps(provider.read_ahead(info("shop"))))  # while the budget had room
+    reads = platform.count("GET", "/apps/shop/formation")
+    assert provider.stop(info("shop"), memo) == memo
+    assert platform.count("GET", "/apps/shop/formation") == reads  # the PATCH alone
+    assert shop.quantities() == {"web": 0, "worker": 0}
+    assert provider.read_ahead(info("shop")) is None  # nothing runs: nothing worth remembering
+
+    provider.start(info("shop"), memo)
+    stale = {"formation": [{"type": "web", "quantity": 2}, {"type": "gone", "quantity": 1}]}
+    assert provider.stop(info("shop"), stale) == memo  # refused (no such type): read, then scaled
+    assert shop.quantities() == {"web": 0, "worker": 0}
+
+
 def test_calls_slow_down_before_the_bucket_is_empty(platforms):
     platform = platforms(bucket=40, refill_per_minute=600)  # 10 tokens/s given back
     platform.add_app("shop", real=False)

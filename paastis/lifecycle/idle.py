@@ -83,10 +83,11 @@ class IdleCheck:
         """One tick: sync the registry with the provider's list, then queue the stops of idle apps."""
         started = time.perf_counter()
         try:
-            apps = self._listing()
-            listed_at = time.perf_counter()
-            self._check_rules_once(apps)
-            self._decide(apps)
+            with calls_as(CallClass.BACKGROUND):  # the listing, and status calls where it does not tell (Clever)
+                apps = self._listing()
+                listed_at = time.perf_counter()
+                self._check_rules_once(apps)
+                self._decide(apps)
         finally:
             ended = time.perf_counter()
             self.metrics.idle_check_duration.observe(ended - started)
