@@ -23,6 +23,7 @@ from tests.support import Gunicorn, kill_local_apps, write_config
 
 # Start processes (local apps, a private Redis or PostgreSQL) or wait on real clocks: the whole module.
 E2E_MODULES = {
+    "test_api_budget.py",
     "test_bounded_state.py",
     "test_cluster_locks.py",
     "test_local_truth.py",
@@ -79,6 +80,7 @@ E2E_TESTS = {
     },
     "test_provider_heroku.py": {
         "test_a_429_storm_is_waited_out",
+        "test_a_formation_read_ahead_makes_the_stop_one_call",
         "test_apps_seen_scaled_up_are_checked_at_every_listing",
         "test_calls_slow_down_before_the_bucket_is_empty",
         "test_listing_checks_a_bounded_rotating_share_of_statuses",
