@@ -369,3 +369,26 @@ def test_an_app_s_schedule_and_next_change_are_shown(tmp_path):
         assert stops == "not inside its awake window"  # the idle timer does not apply there
     finally:
         close_in_process(app.extensions["paastis"])
+
+
+def test_the_apps_page_reads_the_list_and_its_refresh_button_lists_once(client):
+    paastis = client.application.extensions["paastis"]
+    listings = []
+    list_apps = paastis.directory.provider.list_apps
+    paastis.directory.provider.list_apps = lambda: listings.append(1) or list_apps()
+    sign_in(client)
+    page = get(client, "/dashboard/")
+    assert "Refresh from the provider" in page.get_data(as_text=True)
+    for _ in range(10):  # the page's script polls the rows every 5 s
+        assert get(client, "/dashboard/apps/rows", headers={"X-Requested-With": "paastis-dashboard"}).status_code == 200
+    assert len(listings) == 1  # the first look filled the list; polling reads it
+
+    refused = post(client, "/dashboard/apps/refresh", {"csrf_token": csrf_of(page)})
+    assert refused.status_code == 303
+    assert "Could not refresh: the apps were listed less than 10s ago" in get(client, "/dashboard/").get_data(
+        as_text=True
+    )
+    paastis.directory._listed_at -= 10  # as if ten seconds had passed
+    assert post(client, "/dashboard/apps/refresh", {"csrf_token": csrf_of(page)}).status_code == 303
+    assert "Listed 2 apps from the provider." in get(client, "/dashboard/").get_data(as_text=True)
+    assert len(listings) == 2

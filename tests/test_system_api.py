@@ -25,6 +25,7 @@ ROUTES = [
     ("GET", "/apps/demo"),
     ("POST", "/apps/demo/start"),
     ("POST", "/apps/demo/stop"),
+    ("POST", "/apps/refresh"),
     ("DELETE", "/apps"),
     ("GET", "/events"),
     ("GET", "/health"),
@@ -375,3 +376,25 @@ def test_each_idle_check_is_timed_and_counts_the_apps_it_saw(instance):
     assert 'paastis_idle_check_apps{state="listed"} 3.0' in text  # demo, legacy and stubborn
     assert 'paastis_idle_check_apps{state="running"} 1.0' in text
     assert 'paastis_idle_check_apps{state="idle"} 0.0' in text  # demo's 5 minutes have not run out
+
+
+def test_an_explicit_refresh_lists_once_and_is_rate_limited(client):
+    paastis = client.application.extensions["paastis"]
+    listings = []
+    list_apps = paastis.directory.provider.list_apps
+    paastis.directory.provider.list_apps = lambda: listings.append(1) or list_apps()
+    for _ in range(5):
+        assert call(client, "GET", "/apps").status_code == 200
+    assert len(listings) == 1  # the first read fills the list; the others read it
+    answer = call(client, "GET", "/apps").get_json()
+    assert answer["listed_at"] and answer["listing_error"] is None
+    assert all(app["stop_queued"] is False for app in answer["apps"])
+
+    refused = call(client, "POST", "/apps/refresh")
+    assert refused.status_code == 429 and 1 <= int(refused.headers["Retry-After"]) <= 10
+    assert "the apps were listed less than 10s ago: try again in" in refused.get_json()["error"]
+    assert len(listings) == 1
+    paastis.directory._listed_at -= 10  # as if ten seconds had passed
+    refreshed = call(client, "POST", "/apps/refresh")
+    assert refreshed.status_code == 200 and refreshed.get_json()["apps"] == 3
+    assert len(listings) == 2
