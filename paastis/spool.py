@@ -312,7 +312,7 @@ class SpooledEventStore:
         self._closing.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=3)  # within gunicorn's graceful timeout, after the stops' wait
         self.store.close()
 
     def spooled(self) -> int:
