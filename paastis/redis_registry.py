@@ -285,6 +285,8 @@ class RedisRegistry:
             unsent = self._unsent_memos.get(key)
         if unsent is not None:
             return unsent  # newer than what Redis holds
+        if self.link.down:
+            self.link.probe()  # a wake is worth one ping: Redis may be back already (then its memo is the truth)
 
         def read() -> dict[str, Any] | None:
             raw = self.client.hget(self.memos_key, key)
