@@ -170,7 +170,14 @@ BUILT_NAMES = (
     *(f"PROVIDER_{name}_OPERATION_TIMEOUT" for name in ("LOCAL", "SCALINGO", "HEROKU", "CLEVER")),
 )
 # Names paastis hands to hook commands and local apps: not settings, but never a typo of one.
-CHILD_NAMES = ("PAASTIS_APP_NAME", "PAASTIS_HOOK", "PAASTIS_REASON", "PAASTIS_PROVIDER", "PAASTIS_REGION")
+CHILD_NAMES = (
+    "PAASTIS_APP_NAME",
+    "PAASTIS_HOOK",
+    "PAASTIS_REASON",
+    "PAASTIS_PROVIDER",
+    "PAASTIS_PROVIDER_TYPE",
+    "PAASTIS_REGION",
+)
 NAME_LITERAL = re.compile(r"""["']([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)["']""")
 PACKAGE_DIR = Path(__file__).resolve().parent
 
