@@ -248,13 +248,16 @@ def check_setting_names(dotenv_file: Path = Path(".env"), environ: Mapping[str, 
         refuse_unknown(environ, "the environment", f" (or set {ALLOW_UNKNOWN}=true if they belong to something else)")
 
 
-def infer_provider(env: Env) -> tuple[str, str | None]:
+def infer_provider(env: Env, config_file: Path | None = None) -> tuple[str, str | None]:
     """``PROVIDER_NAME``, or the one platform whose credentials are set, or ``local``.
 
-    Returns the name and, when inferred, the variables it was inferred from.
+    Returns the name and, when inferred, the variables it was inferred from. Nothing is inferred
+    when ``config_file`` lists ``providers:`` (each entry names its own credentials' variables).
     """
     if env.is_set("PROVIDER_NAME"):
         return env.choice("PROVIDER_NAME", "local", PROVIDERS), None
+    if config_file is not None and declares_providers(config_file):
+        return "local", None
     present = {name: [var for var in variables if env.is_set(var)] for name, variables in PROVIDER_CREDENTIALS.items()}
     present = {name: found for name, found in present.items() if found}
     if len(present) > 1:
@@ -267,6 +270,19 @@ def infer_provider(env: Env) -> tuple[str, str | None]:
         name, found = next(iter(present.items()))
         return name, ", ".join(found)
     return "local", None
+
+
+def declares_providers(path: Path) -> bool:
+    """Whether ``paastis.yml`` has a ``providers:`` mapping (read again, and checked, by the provider wiring)."""
+    if not path.is_file():
+        return False
+    import yaml  # the master's settings check needs it only here
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False  # reported with its line when the file is loaded
+    return isinstance(data, dict) and data.get("providers") is not None
 
 
 def read_redis_url(env: Env) -> str | None:
@@ -405,12 +421,13 @@ class Settings:
         if level.lower() not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL={level!r} must be one of: {', '.join(LOG_LEVELS)}")
         threads = env.integer("PAASTIS_THREADS", 32)
-        provider_name, inferred_from = infer_provider(env)
+        config_file = read_config_file_name(env)
+        provider_name, inferred_from = infer_provider(env, config_file)
         checking_interval, checking_cron = read_checking_schedule(env)
         return cls(
             provider_name=provider_name,
             provider_inferred_from=inferred_from,
-            config_file=read_config_file_name(env),
+            config_file=config_file,
             max_idle_time=env.number("START_AND_STOP_MAX_IDLE_TIME", 15.0),
             checking_interval=checking_interval,
             checking_cron=checking_cron,

@@ -268,3 +268,14 @@ def test_each_account_lists_in_the_caller_s_call_class(tmp_path):
         directory.refresh()
     assert seen == [CallClass.BACKGROUND, CallClass.BACKGROUND]
     directory.close()
+
+
+def test_credentials_of_several_types_in_the_environment_are_fine_with_providers(tmp_path):
+    providers = {
+        "paris": {"type": "scalingo", "api_token_env": "PROVIDER_SCALINGO_API_TOKEN"},
+        "us": {"type": "heroku", "api_token_env": "PROVIDER_HEROKU_API_TOKEN"},
+    }
+    env = {"PROVIDER_SCALINGO_API_TOKEN": "tk-us-x", "PROVIDER_HEROKU_API_TOKEN": "HRKU-x"}
+    specs = specs_of(tmp_path, providers, **env)  # without providers:, these two would need PROVIDER_NAME
+    assert [spec.name for spec in specs] == ["paris", "us"]
+    assert specs[0].settings.provider_inferred_from is None  # nothing inferred: no warning about it
