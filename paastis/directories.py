@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 LISTING_PATIENCE = 10.0  # seconds an idle check waits for one account's listing before going on without it
 LOOKUP_PATIENCE = 2.0  # seconds a request waits on an earlier account while a later one has its app
 THREADS_PER_ACCOUNT = 4
+MAX_WARNED = 10_000  # names found on two accounts remembered (so warned once), at most
 
 
 class SeveralDirectories:
@@ -226,6 +227,8 @@ class SeveralDirectories:
     def _warn_twice(self, key: str, first: str, second: str) -> None:
         if (key, first, second) in self._warned:
             return
+        if len(self._warned) >= MAX_WARNED:  # review apps come and go: the memory of warnings stays bounded
+            self._warned.clear()
         self._warned.add((key, first, second))
         log.warning(
             "app %s is listed by providers %s and %s: %s serves it (first in providers:); "
