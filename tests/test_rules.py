@@ -210,3 +210,29 @@ def test_unknown_top_level_key_names_the_file_and_suggests_the_right_one(tmp_pat
     with pytest.raises(ConfigError) as caught:
         load_config_file(path)
     assert str(caught.value) == f"{path}: unknown top-level key(s) 'rule' (did you mean 'rules'?)"
+
+
+def test_a_rule_matching_no_listed_app_is_named_in_one_warning_each(tmp_path):
+    from paastis import startup
+
+    config = str(write_config(tmp_path))
+    settings = Settings.from_env({"PAASTIS_CONFIG_FILE": config, "PAASTIS_DOMAINS": "localhost"}, dotenv=False)
+    checked = Rules(settings, [{"pattern": "blgo"}, {"pattern": "blog"}, {"pattern": "review-.*"}])
+    warned = checked.unmatched(("blog", "demo"))
+    assert len(warned) == 2
+    assert "rule #0 (pattern 'blgo') matches none of the apps the provider lists (blog, demo)" in warned[0]
+    assert "rule #2 (pattern 'review-.*')" in warned[1]
+    assert checked.unmatched(("blog", "blgo", "review-42")) == []
+    assert startup.warnings(settings, checked, ("blog", "demo")) == warned  # said at start-up (local provider)
+
+
+def test_a_missing_config_file_is_said_with_where_paastis_looked(tmp_path, monkeypatch):
+    from paastis import startup
+
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env({"PAASTIS_DOMAINS": "localhost"}, dotenv=False)
+    said = startup.warnings(settings, Rules(settings, None), ())
+    assert said == [
+        f"no paastis.yml here: looked for {tmp_path / 'paastis.yml'}; running with no rules and no apps "
+        "(set PAASTIS_CONFIG_FILE to use another file)"
+    ]
