@@ -236,3 +236,23 @@ def test_a_missing_config_file_is_said_with_where_paastis_looked(tmp_path, monke
         f"no paastis.yml here: looked for {tmp_path / 'paastis.yml'}; running with no rules and no apps "
         "(set PAASTIS_CONFIG_FILE to use another file)"
     ]
+
+
+def test_with_a_paas_provider_a_rule_matching_no_app_is_said_at_the_first_listing(tmp_path, paastis_caplog):
+    from tests.fakes.scalingo_api import ScalingoPlatform
+
+    platform = ScalingoPlatform()
+    try:
+        platform.add_app("shop", running=True)
+        config = write_config(tmp_path, rules=[{"pattern": "shpo", "app_max_idle_time": 5}, {"pattern": "shop"}])
+        env = {**platform.paastis_env(), "PAASTIS_CONFIG_FILE": str(config), "PROVIDER_OPERATION_TIMEOUT": "30"}
+        paastis = create_app(Settings.from_env(env, dotenv=False)).extensions["paastis"]
+        try:
+            paastis.lifecycle.check_idle()
+            paastis.lifecycle.check_idle()
+        finally:
+            paastis.close()
+    finally:
+        platform.close()
+    warned = [r.getMessage() for r in paastis_caplog.records if "matches none of the apps" in r.getMessage()]
+    assert len(warned) == 1 and "rule #0 (pattern 'shpo')" in warned[0] and "(shop)" in warned[0]
