@@ -123,7 +123,9 @@ def test_paastis_reload_applies_or_refuses_and_says_which(tmp_path, gunicorn_fac
     config = write_config(tmp_path, [app])
     paastis = gunicorn_factory(ADMIN)
     env = {"PORT": str(paastis.port), "PAASTIS_STATE_DIR": str(tmp_path / "state")}
-    assert Path(tmp_path / "state" / f"paastis-{paastis.port}.master").read_text().strip() == str(paastis.process.pid)
+    pid_file = Path(tmp_path / "state" / f"paastis-{paastis.port}.master")  # written once gunicorn is ready
+    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 30, what="the master's pid file")
+    assert pid_file.read_text().strip() == str(paastis.process.pid)
 
     applied = run("reload", cwd=tmp_path, **env)
     assert applied.returncode == 0, applied.stderr
