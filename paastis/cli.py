@@ -26,6 +26,7 @@ import requests
 from dotenv import dotenv_values
 
 from .config import ConfigError, Settings
+from .secrecy import mask_url
 
 EXIT_CONFIG = 2  # `paastis check`: the configuration is wrong
 EXIT_REMOTE = 1  # a remote command failed (unreachable, refused, or the operation failed)
@@ -251,8 +252,10 @@ def summary(paastis: Any, apps: tuple[str, ...] | None) -> list[tuple[str, str]]
         ("apps", ", ".join(apps) if apps is not None else f"listed by {names} at the first check"),
         ("rules", str(len(paastis.rules.rules))),
         *route_rows(paastis.routes),
+        ("domains", ", ".join(settings.domains) or "any (PAASTIS_DOMAINS is not set)"),
         ("registry", settings.registry_type),
         ("events store", settings.events_store_type),
+        *store_rows(settings),
         ("wake strategy", settings.wake_strategy),
         ("max idle time", f"{settings.max_idle_time:g} min"),
         ("idle checks", checks),
@@ -298,6 +301,16 @@ def online_rows(paastis: Any, rows: list[tuple[str, str]]) -> list[tuple[str, st
 def served_by(paastis: Any, key: str, names: list[str]) -> str:
     """The account a name found twice goes to: a rule's provider:, else the first in providers: order."""
     return paastis.rules.policy(key).provider or names[0]
+
+
+def store_rows(settings: Settings) -> list[tuple[str, str]]:
+    """Where Redis and PostgreSQL are, their URLs' passwords masked."""
+    rows = []
+    if "redis" in (settings.registry_type, settings.events_store_type) and settings.redis_url:
+        rows.append(("redis", mask_url(settings.redis_url) or ""))
+    if settings.events_store_type == "postgres" and settings.database_url:
+        rows.append(("database", mask_url(settings.database_url) or ""))
+    return rows
 
 
 def route_rows(routes: Any) -> list[tuple[str, str]]:

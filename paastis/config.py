@@ -299,6 +299,23 @@ def read_redis_url(env: Env) -> str | None:
     return None
 
 
+def check_database_url(url: str) -> None:
+    """A URL psycopg cannot read stops start-up with its reason, the password masked (drivers quote it)."""
+    from psycopg import ProgrammingError  # only with EVENTS_STORE_TYPE=postgres
+    from psycopg.conninfo import conninfo_to_dict
+
+    from .secrecy import Redactor, mask_url, url_secrets
+
+    try:
+        conninfo_to_dict(url)
+    except ProgrammingError as error:
+        reason = Redactor(url_secrets(url))(str(error).strip().splitlines()[0][:300])
+        raise ConfigError(
+            f"DATABASE_URL={mask_url(url)!r} is not a PostgreSQL URL that psycopg can read "
+            f"(postgresql://user:password@host:5432/database): {reason}"
+        ) from None
+
+
 def read_checking_schedule(env: Env) -> tuple[float, str | None]:
     """Seconds between idle checks, or the original's cron expression; not both."""
     cron = env.get("START_AND_STOP_CHECKING_INTERVAL_CRON")
@@ -411,6 +428,8 @@ class Settings:
             raise ConfigError(
                 "EVENTS_STORE_TYPE=postgres needs DATABASE_URL (postgresql://user:password@host/database)"
             )
+        if events_store_type == "postgres":
+            check_database_url(database_url)
         api_enabled = env.boolean("ROUTING_SYSTEM_API_ENABLED", False)
         api_token = env.get("ROUTING_SYSTEM_API_TOKEN")
         if api_enabled and (api_token is None or len(api_token) < 16):

@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import threading
+import uuid
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -51,6 +52,8 @@ class Event:
     instance: str = field(default_factory=instance_id)
     message: str | None = None
     provider: str | None = None  # the account of the app (its name in providers:), when known
+    # Names this event everywhere: a visitor's error answer quotes it, the admin finds the details under it.
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __post_init__(self) -> None:
         if self.duration is not None:  # milliseconds are precision enough, and read better
@@ -65,6 +68,7 @@ class Event:
     def from_json(cls, data: dict[str, Any]) -> Event:
         data = {k: v for k, v in data.items() if k in EVENT_FIELDS}  # a newer writer's fields are skipped
         data["timestamp"] = datetime.fromisoformat(data["timestamp"])
+        data.setdefault("id", "")  # recorded before events had ids
         return cls(**data)
 
 

@@ -20,6 +20,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from .events import Event, EventStoreUnavailable, type_name
+from .secrecy import Redactor, url_secrets
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ SCHEMA = (
     "ALTER TABLE paastis_events ADD COLUMN IF NOT EXISTS provider text",
 )
 COLUMNS = "type, app, reason, at, duration, instance, message, provider"
+READ_COLUMNS = COLUMNS + ", uid"  # the event's id (its uid column)
 
 
 class PostgresEventStore:
@@ -55,6 +57,7 @@ class PostgresEventStore:
 
     def __init__(self, url: str):
         self.url = url
+        self.redact = Redactor(url_secrets(url))  # drivers quote a malformed URL, password included
         self._conn: psycopg.Connection | None = None
         self._lock = threading.Lock()  # one connection, one statement at a time
         self._failed_at: float | None = None
@@ -78,8 +81,9 @@ class PostgresEventStore:
             event.instance,
             event.message,
             event.provider,
+            event.id or None,
         )
-        insert = f"INSERT INTO paastis_events ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+        insert = f"INSERT INTO paastis_events ({COLUMNS}, uid) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
         self._run(lambda conn: conn.execute(insert, row))
 
     def replay(self, items: list[tuple[str, Event]]) -> None:
@@ -104,17 +108,17 @@ class PostgresEventStore:
     def query(self, app=None, type=None, since=None, limit=100) -> list[Event]:
         """Newest first."""
         where, params = _filters(app=app, type=type, since=since)
-        sql = f"SELECT {COLUMNS} FROM paastis_events {where} ORDER BY at DESC, id DESC LIMIT %s"
+        sql = f"SELECT {READ_COLUMNS} FROM paastis_events {where} ORDER BY at DESC, id DESC LIMIT %s"
         return self._rows(sql, [*params, limit])
 
     def history(self, since: datetime, until: datetime, types: tuple[str, ...], app: str | None = None) -> list[Event]:
         """Each app's last event of ``types`` before ``since``, then those in ``[since, until)``, oldest first."""
         where, params = _filters(app=app, types=types)
         before = (
-            f"SELECT * FROM (SELECT DISTINCT ON (app) {COLUMNS}, id FROM paastis_events {where} AND at < %s "
+            f"SELECT * FROM (SELECT DISTINCT ON (app) {READ_COLUMNS}, id FROM paastis_events {where} AND at < %s "
             "ORDER BY app, at DESC, id DESC) AS last ORDER BY at, id"
         )
-        during = f"SELECT {COLUMNS} FROM paastis_events {where} AND at >= %s AND at < %s ORDER BY at, id"
+        during = f"SELECT {READ_COLUMNS} FROM paastis_events {where} AND at >= %s AND at < %s ORDER BY at, id"
         return self._rows(before, [*params, since]) + self._rows(during, [*params, since, until])
 
     def healthy(self) -> bool:
@@ -144,7 +148,9 @@ class PostgresEventStore:
             except psycopg.Error as error:
                 self._drop()
                 self._failed_at = time.monotonic()
-                raise EventStoreUnavailable(f"postgresql: {type_name(error)}: {_first_line(error)}") from None
+                raise EventStoreUnavailable(
+                    f"postgresql: {type_name(error)}: {self.redact(_first_line(error))}"
+                ) from None
         self._failed_at = None
         return result
 
@@ -198,9 +204,10 @@ def _event(row: dict[str, Any]) -> Event:
         instance=row["instance"],
         message=row["message"],
         provider=row.get("provider"),
+        id=row.get("uid") or "",
     )
 
 
 def _first_line(error: Exception) -> str:
-    """psycopg's messages name host and port and user, never the password; one line is enough."""
+    """One line is enough; psycopg quotes a malformed URL whole, so the caller masks it."""
     return (str(error).strip().splitlines() or [""])[0][:300]

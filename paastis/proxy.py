@@ -308,14 +308,23 @@ def relay(upstream: requests.Response) -> Iterator[bytes]:
         upstream.close()
 
 
-def error_response(status: int, message: str) -> Response:
+def error_response(status: int, message: str, event: str | None = None) -> Response:
+    """paastis's own JSON answer; ``event`` names the event an operator finds the details under."""
+    body: dict[str, Any] = {"error": message, "status": status}
+    if event:
+        body["event"] = event
     response = current_app.response_class(
-        response=json.dumps({"error": message, "status": status}) + "\n",
+        response=json.dumps(body) + "\n",
         status=status,
         mimetype="application/json",
     )
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def wake_failure(error: WakeError) -> Response:
+    """A visitor learns what happened in one sentence and the event id; the details stay with operators."""
+    return error_response(error.status, error.public, error.event_id)
 
 
 def waiting_room() -> WaitingRoom:
@@ -398,7 +407,7 @@ def _serve_key(
     except WakeError as error:
         if routed_host is not None and error.status == 404:  # the route is right there in paastis.yml: say so
             return error_response(404, f"host {routed_host!r} is routed to app {key!r}, which does not exist")
-        return error_response(error.status, error.message)
+        return wake_failure(error)
     screened = gate.screen(request, app, lambda: _awake(lifecycle, app)) if gate is not None else None
     if screened is not None and screened is not PASSIVE:
         return screened
@@ -437,7 +446,7 @@ def _serve_app(lifecycle: Lifecycle, proxy: Proxy, registry: Any, app: AppInfo) 
             registry.touch(linked.key)
         return forward(lifecycle, proxy, app)
     except WakeError as error:
-        return error_response(error.status, error.message)
+        return wake_failure(error)
 
 
 def _awake(lifecycle: Lifecycle, app: AppInfo) -> bool:

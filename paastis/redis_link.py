@@ -30,6 +30,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .registry import Degraded
+from .secrecy import mask_passwords
 
 log = logging.getLogger(__name__)
 
@@ -175,4 +176,5 @@ class RedisLink:
 
 def _describe(error: Exception) -> str:
     """redis-py's messages name host and port, never the URL's password."""
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    text = mask_passwords(str(error))  # a URL quoted in an error keeps its host, never its password
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -41,24 +41,38 @@ def secret_values(environ: Mapping[str, str]) -> tuple[str, ...]:
         if not is_secret_name(name) or len(value) < MIN_SECRET:
             continue
         found.add(value)
-        password = url_password(value)
-        if password and len(password) >= MIN_SECRET:
-            found.add(password)
-            found.add(unquote(password))
+        found.update(url_secrets(value))
     return tuple(sorted(found, key=len, reverse=True))
 
 
+def url_secrets(url: str) -> set[str]:
+    """What of a URL must never be printed: the URL itself, its password, as written and decoded."""
+    found = {url} if len(url) >= MIN_SECRET else set()
+    password = url_password(url)
+    if password and len(password) >= MIN_SECRET:
+        found.update({password, unquote(password)})
+    return found
+
+
 def url_password(url: str) -> str | None:
-    """The password of ``scheme://user:password@host`` as written, or None (also for what is no URL)."""
-    match = URL_PASSWORD.search(url)
-    return match.group("password") if match else None
+    """The password of ``scheme://user:password@host`` as written, or None; lenient, for malformed URLs too.
+
+    A URL a driver refuses (a space in its password, a bad port) must still have its password
+    known, so that the driver's error quoting it can be masked.
+    """
+    rest = url.split("://", 1)[1] if "://" in url else url
+    userinfo, at, _ = rest.split("?", 1)[0].rpartition("@")
+    if not at or ":" not in userinfo:
+        return None
+    return userinfo.split(":", 1)[1] or None
 
 
 def mask_url(url: str | None) -> str | None:
     """``redis://user:***@host:6379/0``: a URL fit to print (the password, if any, masked)."""
     if url is None:
         return None
-    return mask_passwords(url)
+    password = url_password(url)
+    return url.replace(f":{password}@", f":{MASK}@", 1) if password else url
 
 
 def mask_passwords(text: str) -> str:

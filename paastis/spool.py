@@ -322,7 +322,7 @@ class SpooledEventStore:
     # -- spooling -----------------------------------------------------------------------
 
     def _spool(self, event: Event, why: str | None) -> None:
-        item = (uuid.uuid4().hex, event)
+        item = (event.id or uuid.uuid4().hex, event)  # replayed under its own id: stored once, found by it
         with self._lock:
             if self._size() >= self.maximum:
                 self._drop(event)

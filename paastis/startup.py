@@ -21,6 +21,7 @@ from .providers import build_accounts, read_specs
 from .reloads import ReloadStatus
 from .routes import Routes
 from .rules import Rules, load_config_file
+from .secrecy import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,13 @@ def summary(checked: Checked, host: str, port: int) -> str:
     names = ",".join(p.split(":")[0] for p in checked.providers) or s.provider_name
     apps = str(len(checked.apps)) if checked.apps is not None else f"listed by {names} at the first check"
     checks = f"cron {s.checking_cron!r}" if s.checking_cron else f"every {s.checking_interval:g}s"
+    registry = f"redis({mask_url(s.redis_url)})" if s.registry_type == "redis" else s.registry_type
     events = s.events_store_type
+    if events == "redis":
+        events = f"redis({mask_url(s.redis_url)})"
+    elif events == "postgres":
+        events = f"postgres({mask_url(s.database_url)})"  # where, never the password
+    domains = ",".join(s.domains) or "any"
     config = s.config_file.resolve() if s.config_file.is_file() else f"{s.config_file}(absent:no-rules)"
     try_host = "localhost" if host in ("0.0.0.0", "::", "") else host
     example = checked.apps[0] if checked.apps else "<app>"
@@ -151,7 +158,7 @@ def summary(checked: Checked, host: str, port: int) -> str:
     try_it = f"curl -H {shlex.quote(f'Host: {example}.localhost{suffix}')} http://{try_host}{suffix}/"
     return (
         f"paastis ready: provider={names} config={config} apps={apps} "
-        f"rules={len(checked.rules.rules)} registry={s.registry_type} events={events} "
+        f"rules={len(checked.rules.rules)} domains={domains} registry={registry} events={events} "
         f"admin_api={'on' if s.system_api_enabled else 'off'} {dashboard} idle_checks={checks} "
         f"workers={s.workers}x{s.threads} threads - try: {try_it}"
     )

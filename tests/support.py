@@ -90,6 +90,21 @@ def echo(paastis: Gunicorn, app: str, **kwargs: Any) -> dict:
     return response.json()
 
 
+def filed_details(paastis: Gunicorn, answer: requests.Response) -> str:
+    """A visitor told of a failed start got one sentence and an event id; the log line filed under that id.
+
+    Asserts the visitor's answer says no more than ``... (event <id>)``; returns what operators see.
+    """
+    told = answer.json()
+    event = told["event"]
+    assert told["error"].endswith(f" (event {event})"), told
+
+    def line() -> str | None:
+        return next((line for line in paastis.logs().splitlines() if f"(event {event})" in line), None)
+
+    return wait_until(line, 10, what=f"the log line of event {event}")
+
+
 def write_config(directory: Path, apps: list[dict] | None = None, rules: list[dict] | None = None) -> Path:
     path = directory / "paastis.yml"
     data: dict[str, Any] = {}

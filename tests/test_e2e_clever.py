@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tests.fakes.clever_api import CleverPlatform
 from tests.fakes.platform import closing_factory
-from tests.support import echo, wait_until, write_config
+from tests.support import echo, filed_details, wait_until, write_config
 
 FAST_IDLE = {"START_AND_STOP_MAX_IDLE_TIME": "0.02", "START_AND_STOP_CHECKING_INTERVAL": "1"}
 
@@ -67,8 +67,9 @@ def test_failed_deployment_is_a_502_naming_provider_and_app(platforms, paastis_f
     paastis = paastis_for(platform)
     response = paastis.get("/echo", host="broken.localhost", timeout=20)
     assert response.status_code == 502
-    error = response.json()["error"]
-    assert "clever-cloud" in error and "failed to start" in error
+    assert " could not be started (event " in response.json()["error"]
+    details = filed_details(paastis, response)
+    assert "clever-cloud" in details and "failed to start" in details
 
 
 def test_a_missing_credential_stops_start_up_naming_it(tmp_path, gunicorn_factory):

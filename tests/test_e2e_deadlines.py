@@ -13,7 +13,7 @@ import pytest
 
 from tests.fakes.platform import closing_factory
 from tests.fakes.scalingo_api import ScalingoPlatform
-from tests.support import echo, wait_until
+from tests.support import echo, filed_details, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +43,8 @@ def test_a_wake_answers_504_at_its_deadline_whatever_the_api_does(account, hung)
     region.hang = re.compile(hung)  # the app's own status, or the scale operation it has to follow
     response = paastis.get("/", host="blog.localhost", headers=JSON, timeout=PATIENCE)
     assert response.status_code == 504
-    assert "app 'blog' did not become ready within 3s" in response.json()["error"]
+    assert response.json()["error"].startswith("app 'blog' did not become ready in time (event ")
+    assert "app 'blog' did not become ready within 3s" in filed_details(paastis, response)
     assert region.hung >= 1
     assert echo(paastis, "shop")["app"] == "shop"  # every other app is still served
     assert "Traceback" not in paastis.logs()

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from tests.support import (
     PYTHON,
     UPSTREAM_APP,
+    filed_details,
     free_port,
     local_app,
     port_open,
@@ -74,7 +75,8 @@ def test_failing_start_command_reports_its_exit_code(tmp_path, gunicorn_factory)
     paastis = gunicorn_factory()
     response = paastis.get(host="svc.localhost")
     assert response.status_code == 502
-    assert "start command exited with code 7: nope" in response.json()["error"]
+    assert response.json()["error"].startswith("app 'svc' could not be started (event ")
+    assert "start command exited with code 7: nope" in filed_details(paastis, response)
 
 
 def test_start_and_stop_commands_manage_an_app(tmp_path, gunicorn_factory):
@@ -100,7 +102,8 @@ def test_start_timeout_is_a_504_naming_the_app(tmp_path, gunicorn_factory):
     paastis = gunicorn_factory({"PROVIDER_OPERATION_TIMEOUT": "1.5"})
     response = paastis.get(host="slow.localhost")
     assert response.status_code == 504
-    assert "slow" in response.json()["error"] and "1.5s" in response.json()["error"]
+    assert response.json()["error"].startswith("app 'slow' did not become ready in time (event ")
+    assert "app 'slow' did not become ready within 1.5s" in filed_details(paastis, response)
 
 
 def test_idle_app_is_stopped_then_woken_again(tmp_path, gunicorn_factory):
@@ -170,7 +173,8 @@ def test_waiting_page_shows_a_failed_start(tmp_path, gunicorn_factory):
 
     text = wait_until(failure_page, 15, what="the failure page")
     assert "demo could not start" in text
-    assert "failed to start" in text
+    assert "app &#39;demo&#39; could not be started (event " in text  # one sentence and the event id
+    assert "exited with code" not in text and str(tmp_path) not in text and "upstream_app" not in text  # no details
 
 
 def test_blocking_strategy_never_answers_html(tmp_path, gunicorn_factory):

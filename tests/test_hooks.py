@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from paastis.hooks import HookFailed, HookRunner
-from tests.support import free_port, port_open, upstream_command, wait_until, write_config
+from tests.support import filed_details, free_port, port_open, upstream_command, wait_until, write_config
 
 ENV_DUMP = 'printf "%s|%s|%s|%s|%s\\n" "$PAASTIS_APP_NAME" "$PAASTIS_HOOK" "$PAASTIS_PROVIDER" "$PAASTIS_REGION" '
 ENV_DUMP += '"$PAASTIS_REASON" >> "$HOOK_LOG"'
@@ -142,7 +142,7 @@ def test_strict_mode_a_failed_before_start_answers_502_and_starts_nothing(tmp_pa
     paastis = gunicorn_factory({"HOOKS_BEFORE_START": "echo no capacity >&2; exit 1", "HOOKS_STRICT": "true"})
     response = paastis.get("/echo")
     assert response.status_code == 502
-    assert "before_start hook failed for app 'demo' (HOOKS_STRICT=true)" in response.json()["error"]
+    assert "before_start hook failed for app 'demo' (HOOKS_STRICT=true)" in filed_details(paastis, response)
     assert not port_open(port) and not (tmp_path / "demo-starts.log").exists()
     assert "[hook before_start app=demo] no capacity" in paastis.logs()
 

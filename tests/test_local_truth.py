@@ -152,14 +152,18 @@ def test_a_start_command_that_times_out_is_killed_with_its_children(wired):
     assert events(client, "svc")[0]["type"] == "APP_START_FAILED"
 
 
-def test_a_command_that_fails_answers_its_exit_code_and_last_output(wired):
+def test_a_command_that_fails_files_its_exit_code_and_last_output_under_the_event_the_visitor_is_told(wired):
     command = "echo starting; echo 'ModuleNotFoundError: No module named flask' >&2; exit 3"
     app = wired([{"name": "broken", "url": f"http://127.0.0.1:{free_port()}", "command": command}])
     answer = app.test_client().get("/", headers={"Host": "broken.localhost"})
     assert answer.status_code == 502
-    error = answer.get_json()["error"]
-    assert "exited with code 3" in error
-    assert "starting | ModuleNotFoundError: No module named flask" in error
+    told = answer.get_json()
+    assert told["error"] == f"app 'broken' could not be started (event {told['event']})"  # nothing more
+    system = {"PaastisProxyTarget": "system", "Authorization": f"Bearer {TOKEN}"}
+    events = app.test_client().get("/events?app=broken&type=APP_START_FAILED", headers=system).get_json()["events"]
+    assert [event["id"] for event in events] == [told["event"]]
+    assert "exited with code 3" in events[0]["message"]  # the details, for operators
+    assert "starting | ModuleNotFoundError: No module named flask" in events[0]["message"]
 
 
 def test_a_recycled_pid_is_never_signalled(tmp_path):

@@ -204,7 +204,7 @@ def test_events_are_filtered_and_parameters_validated(client):
     all_events = call(client, "GET", "/events").get_json()
     assert [(e["type"], e["app"]) for e in all_events["events"]] == [("APP_STOPPED", "demo"), ("APP_STARTED", "demo")]
     first = all_events["events"][0]
-    assert set(first) == {"type", "app", "reason", "timestamp", "duration", "instance", "message", "provider"}
+    assert set(first) == {"id", "type", "app", "reason", "timestamp", "duration", "instance", "message", "provider"}
     assert datetime.fromisoformat(first["timestamp"]).tzinfo is not None
     assert [e["app"] for e in call(client, "GET", "/events?type=app_stopped").get_json()["events"]] == ["demo"]
     assert call(client, "GET", "/events?limit=1").get_json()["count"] == 1

@@ -27,9 +27,13 @@ class AppLookup:
         """
         app = self.directory.resolve(key)
         if app is None and self.directory.last_error is not None:
-            raise WakeError(key, f"cannot tell whether app {key!r} exists: {self.directory.last_error}")
+            raise WakeError(
+                key, f"cannot tell whether app {key!r} exists: {self.directory.last_error}", unsure_public(key)
+            )
         if app is None and self.directory.unsure():  # we do not wait for someone else's listing
-            raise WakeError(key, f"cannot tell whether app {key!r} exists: the provider's apps are being listed")
+            raise WakeError(
+                key, f"cannot tell whether app {key!r} exists: the provider's apps are being listed", unsure_public(key)
+            )
         if app is None:
             raise UnknownApp(key, f"unknown app {key!r}")
         return app
@@ -48,7 +52,8 @@ class AppLookup:
             for name in self.rules.policy(current.key).linked_apps:
                 linked = self.directory.resolve(name)
                 if linked is None:
-                    raise WakeError(name, f"linked app {name!r} (of {current.key!r}) is unknown")
+                    unknown = f"linked app {name!r} (of {current.key!r}) is unknown"
+                    raise WakeError(name, unknown, unknown)  # the configuration's fault, nothing of the machine
                 if linked.key not in seen:
                     seen[linked.key] = linked
                     queue.append(linked)
@@ -81,3 +86,8 @@ class AppLookup:
                 tracked.pop(listed.key if listed else target.key, None)
                 tracked[entry.key] = target
         return tracked
+
+
+def unsure_public(key: str) -> str:
+    """What a visitor is told while the provider cannot be listed (its error is for operators)."""
+    return f"paastis cannot tell whether app {key!r} exists right now: try again shortly"

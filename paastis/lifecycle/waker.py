@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -76,7 +77,7 @@ class Waker:
         self.cluster_lock = cluster_lock
         self.operation_timeout = operation_timeout
         self.timeout_of = timeout_of or (lambda app: operation_timeout)  # each account's own deadline
-        self._failures: dict[str, tuple[str, float]] = {}
+        self._failures: dict[str, tuple[WakeError, float]] = {}
         self._undone: dict[str, str] = {}  # app key -> what a failed start's cleanup did, for its error
 
     def is_awake(self, group: list[AppInfo]) -> bool:
@@ -105,10 +106,14 @@ class Waker:
         thread.start()
 
     def failure(self, key: str) -> str | None:
-        """Why the last start of ``key`` failed, if that was recent."""
+        """What a visitor may be told about the last start of ``key``, if it failed recently.
+
+        One sentence and the event id (:attr:`WakeError.public`): the waiting page is public, the
+        details (exit code, output, paths) are in the event and the log.
+        """
         failure = self._failures.get(key)
         if failure and time.monotonic() - failure[1] < FAILURE_MEMORY:
-            return failure[0]
+            return failure[0].public
         return None
 
     def prune(self, known: Callable[[str], bool]) -> None:
@@ -188,9 +193,12 @@ class Waker:
             flight.error = WakeError(app.key, f"unexpected error while starting {app.key!r}: {error}")
         finally:
             self._tell_what_was_undone(app, flight)
+            if flight.error is not None:  # recorded before waiters read it: their answer quotes its event
+                if not isinstance(flight.error, UnknownApp | NotManaged):
+                    flight.error.event_id = uuid.uuid4().hex
+                self._record_failure(app, reason, flight.error, time.monotonic() - started)
             self.flights.land(app.key, flight)
         if flight.error is not None:
-            self._record_failure(app, reason, flight.error, time.monotonic() - started)
             raise flight.error
 
     def _start_in_cluster(self, app: AppInfo, reason: str, deadline: float) -> None:
@@ -262,13 +270,13 @@ class Waker:
         """Add what :meth:`_abandon` did to the start's error, keeping its kind (and so its status)."""
         undone = self._undone.pop(app.key, None)
         if undone and flight.error is not None:
-            flight.error = type(flight.error)(app.key, f"{flight.error.message}; {undone}")
+            flight.error = flight.error.amended(f"{flight.error.message}; {undone}")
 
     def _record_failure(self, app: AppInfo, reason: str, error: WakeError, duration: float) -> None:
-        self._failures[app.key] = (error.message, time.monotonic())
+        self._failures[app.key] = (error, time.monotonic())
         if isinstance(error, UnknownApp | NotManaged):
             return
-        log.error("could not wake %s: %s", app.key, error.message)
+        log.error("could not wake %s: %s (event %s)", app.key, error.message, error.event_id)
         outcome = "timeout" if isinstance(error, WakeTimeout) else "failure"
         self.metrics.wakes.labels(app.key, outcome, self.metrics.provider_of(app)).inc()
         self.journal.emit(
@@ -278,4 +286,5 @@ class Waker:
             duration=duration,
             message=error.message,
             provider=app.provider or None,
+            **({"id": error.event_id} if error.event_id else {}),
         )
