@@ -86,7 +86,8 @@ def test_going_away_waits_for_the_end_of_the_frame_under_way(relay):
     assert received == HEAD + whole + GOING_AWAY  # the frame whole, then the Close frame
     to_app = read_until_closed(app)
     assert unmask(to_app) == b"\x88" + GOING_AWAY[2:]  # the app is told too, masked as a client must
-    assert relay.open("demo") == 0 and registry.in_flight("demo") == 0
+    # The relay's own thread counts the connection out once both sides are closed: a loaded machine may lag.
+    wait_until(lambda: relay.open("demo") == 0 and registry.in_flight("demo") == 0, 30, what="the count to drop")
 
 
 def test_an_app_that_leaves_without_a_close_frame_is_going_away_for_the_client(relay):
